@@ -1,0 +1,181 @@
+//! A branch: a live [`Tree`] guarded by one lock, plus its intent log.
+//!
+//! Every mutation is applied and appended to the log under the same write lock, so
+//! the log replays in exactly the order the tree saw. Reads share the lock and fetch
+//! block bytes after releasing it. A snapshot is a branch without a log: read-only.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock, RwLockReadGuard};
+
+use crate::block::Hash;
+use crate::catalog::{BranchRecord, Kind};
+use crate::filemap::store_block;
+use crate::intent_log::{self, IntentLog};
+use crate::node::NodeError;
+use crate::op::Op;
+use crate::store::{ObjectStore, StoreError};
+use crate::tree::{Errno, FsResult, Tree};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BranchError {
+    #[error("cannot load the tree of {name}: {source}")]
+    Load { name: String, source: NodeError },
+    #[error("intent log of {name}: {source}")]
+    Log { name: String, source: std::io::Error },
+    #[error("recording the new head of {name}: {message}")]
+    Persist { name: String, message: String },
+    #[error("commit of {name}: {source}")]
+    Store { name: String, source: StoreError },
+}
+
+pub struct Branch {
+    pub name: String,
+    pub id: u64,
+    pub kind: Kind,
+    tree: RwLock<Tree>,
+    log: Option<IntentLog>,
+    commit_lock: Mutex<()>,
+    /// The last durable root.
+    head: Mutex<Hash>,
+    /// Set when applying succeeded but logging failed: the branch refuses writes.
+    broken: Mutex<bool>,
+}
+
+/// What a commit produced, for the caller to persist as the new head.
+pub struct Committed {
+    pub root: Hash,
+    pub log_seq: u64,
+}
+
+impl Branch {
+    /// Opens a branch at its committed root and replays its intent log.
+    pub fn open(store: Arc<dyn ObjectStore>, record: &BranchRecord, log_dir: &Path) -> Result<Branch, BranchError> {
+        let name = record.name.clone();
+        let mut tree =
+            Tree::load(store, &record.root).map_err(|source| BranchError::Load { name: name.clone(), source })?;
+        let log = if record.kind == Kind::Branch {
+            let ops = intent_log::read_ops(log_dir, record.log_seq)
+                .map_err(|source| BranchError::Log { name: name.clone(), source })?;
+            if !ops.is_empty() {
+                tracing::info!(branch = %name, ops = ops.len(), "replaying intent log");
+            }
+            for op in &ops {
+                if let Err(e) = tree.apply(op) {
+                    // Only ops on files unlinked while open can fail here; they have no
+                    // effect on what survives a crash.
+                    tracing::debug!(branch = %name, ?e, "replayed op skipped");
+                }
+            }
+            Some(IntentLog::open(log_dir).map_err(|source| BranchError::Log { name: name.clone(), source })?)
+        } else {
+            None
+        };
+        Ok(Branch {
+            name,
+            id: record.id,
+            kind: record.kind,
+            tree: RwLock::new(tree),
+            log,
+            commit_lock: Mutex::new(()),
+            head: Mutex::new(record.root),
+            broken: Mutex::new(false),
+        })
+    }
+
+    pub fn read_only(&self) -> bool {
+        self.log.is_none()
+    }
+
+    pub fn tree(&self) -> RwLockReadGuard<'_, Tree> {
+        self.tree.read()
+    }
+
+    /// Runs `f` with the tree locked for writing, without logging (open counts, map loads).
+    pub fn with_tree_mut<R>(&self, f: impl FnOnce(&mut Tree) -> R) -> R {
+        f(&mut self.tree.write())
+    }
+
+    /// Builds an op from the current tree, applies it and logs it, atomically.
+    pub fn update<R>(&self, build: impl FnOnce(&Tree) -> FsResult<(Op, R)>) -> FsResult<R> {
+        let Some(log) = &self.log else { return Err(Errno(libc::EROFS)) };
+        if *self.broken.lock() {
+            return Err(Errno(libc::EIO));
+        }
+        let mut tree = self.tree.write();
+        let (op, out) = build(&tree)?;
+        tree.apply(&op)?;
+        if let Err(e) = log.append(&op) {
+            tracing::error!(branch = %self.name, "intent log append failed: {e}; branch is now read-only");
+            *self.broken.lock() = true;
+            return Err(Errno(libc::EIO));
+        }
+        Ok(out)
+    }
+
+    /// Makes every change made so far durable.
+    pub fn sync(&self) -> FsResult<()> {
+        match &self.log {
+            Some(log) => log.sync().map_err(|e| {
+                tracing::error!(branch = %self.name, "intent log fdatasync failed: {e}");
+                Errno(libc::EIO)
+            }),
+            None => Ok(()),
+        }
+    }
+
+    pub fn dirty_blocks(&self) -> u64 {
+        self.tree.read().dirty_blocks()
+    }
+
+    pub fn open_handles(&self) -> u64 {
+        self.tree.read().open_handles()
+    }
+
+    /// The last durable root.
+    pub fn head(&self) -> Hash {
+        *self.head.lock()
+    }
+
+    /// Folds every change so far into a new root, has `persist` make it the durable
+    /// head, then drops the log segments it covers; returns the head. Blocks are stored
+    /// outside the tree lock so writers keep going; only the cut (rotating the log,
+    /// writing nodes) holds it.
+    pub fn commit(
+        &self,
+        store: &dyn ObjectStore,
+        persist: impl FnOnce(&Committed) -> Result<(), String>,
+    ) -> Result<Hash, BranchError> {
+        let _one_at_a_time = self.commit_lock.lock();
+        let err = |source| BranchError::Store { name: self.name.clone(), source };
+        let Some(log) = &self.log else { return Ok(self.head()) };
+        let pending = self.tree.read().dirty_block_list();
+        let mut stored = Vec::with_capacity(pending.len());
+        for (ino, idx, data) in pending {
+            let hash = store_block(store, &data).map_err(err)?;
+            stored.push((ino, idx, data, hash));
+        }
+        let mut tree = self.tree.write();
+        tree.settle_blocks(&stored);
+        if !tree.has_changes() && log.bytes_since_commit() == 0 {
+            return Ok(self.head());
+        }
+        let log_seq = log.rotate().map_err(|source| BranchError::Log { name: self.name.clone(), source })?;
+        let root = tree.commit().map_err(err)?;
+        drop(tree);
+        store.flush().map_err(err)?;
+        let committed = Committed { root, log_seq };
+        persist(&committed).map_err(|e| BranchError::Persist { name: self.name.clone(), message: e })?;
+        *self.head.lock() = root;
+        self.trim_log(log_seq)?;
+        Ok(root)
+    }
+
+    pub fn trim_log(&self, log_seq: u64) -> Result<(), BranchError> {
+        if let Some(log) = &self.log {
+            log.trim_before(log_seq).map_err(|source| BranchError::Log { name: self.name.clone(), source })?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,237 @@
+//! The block map of one regular file: which block holds which 8 KiB of the file.
+//!
+//! A slot is a hole (never stored), a committed block (named by hash), or a dirty block
+//! (bytes in memory, not yet in the store). Dirty blocks are shared with an in-flight
+//! commit through `Arc`, so a write during a commit copies the block instead of
+//! changing what the commit is storing.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use crate::block::{self, Hash, BLOCK_SIZE};
+use crate::node::{self, MapLeaf, MapRoot, NodeError, MAP_LEAF_BLOCKS};
+use crate::store::{ObjectStore, StoreError};
+
+#[derive(Clone, Debug)]
+pub enum Slot {
+    Hole,
+    Stored(Hash),
+    Dirty(Arc<Vec<u8>>),
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct FileMap {
+    slots: Vec<Slot>,
+    /// Hashes of committed leaves; valid for every leaf not in `dirty_leaves`.
+    leaf_hashes: Vec<Option<Hash>>,
+    dirty_leaves: BTreeSet<usize>,
+    dirty_blocks: BTreeSet<u64>,
+    /// Root hash as of the last commit (None: all holes).
+    root: Option<Hash>,
+}
+
+pub fn blocks_for(size: u64) -> u64 {
+    size.div_ceil(BLOCK_SIZE as u64)
+}
+
+impl FileMap {
+    pub fn load(store: &dyn ObjectStore, root: Option<Hash>, size: u64) -> Result<FileMap, NodeError> {
+        let mut map = FileMap { root, ..Default::default() };
+        let Some(root_hash) = root else { return Ok(map) };
+        let root_node: MapRoot = node::get_node(store, &root_hash)?;
+        map.slots = vec![Slot::Hole; blocks_for(size) as usize];
+        for (leaf_no, leaf_hash) in root_node.leaves.iter().enumerate() {
+            let Some(h) = leaf_hash else { continue };
+            let leaf: MapLeaf = node::get_node(store, h)?;
+            for (i, block) in leaf.blocks {
+                let idx = leaf_no * MAP_LEAF_BLOCKS + i as usize;
+                if idx >= map.slots.len() {
+                    map.slots.resize(idx + 1, Slot::Hole);
+                }
+                map.slots[idx] = Slot::Stored(block);
+            }
+        }
+        map.leaf_hashes = root_node.leaves;
+        Ok(map)
+    }
+
+    pub fn slot(&self, idx: u64) -> &Slot {
+        self.slots.get(idx as usize).unwrap_or(&Slot::Hole)
+    }
+
+    pub fn stored_blocks(&self) -> u64 {
+        self.slots.iter().filter(|s| !matches!(s, Slot::Hole)).count() as u64
+    }
+
+    /// Replaces a slot; returns how many dirty blocks this added (0 or 1).
+    pub fn set(&mut self, idx: u64, slot: Slot) -> u64 {
+        let i = idx as usize;
+        if i >= self.slots.len() {
+            if matches!(slot, Slot::Hole) {
+                return 0;
+            }
+            self.slots.resize(i + 1, Slot::Hole);
+        }
+        let was_dirty = matches!(self.slots[i], Slot::Dirty(_));
+        let now_dirty = matches!(slot, Slot::Dirty(_));
+        self.slots[i] = slot;
+        self.dirty_leaves.insert(i / MAP_LEAF_BLOCKS);
+        if now_dirty {
+            self.dirty_blocks.insert(idx);
+        } else {
+            self.dirty_blocks.remove(&idx);
+        }
+        u64::from(now_dirty && !was_dirty)
+    }
+
+    /// The current bytes of a block (zeros for a hole), verified if read from the store.
+    pub fn block_bytes(&self, store: &dyn ObjectStore, idx: u64) -> Result<Vec<u8>, StoreError> {
+        match self.slot(idx) {
+            Slot::Hole => Ok(vec![0u8; BLOCK_SIZE]),
+            Slot::Dirty(data) => Ok(data.as_ref().clone()),
+            Slot::Stored(h) => store.get(h),
+        }
+    }
+
+    /// Writes `data` at byte `pos` within block `idx`.
+    pub fn write_in_block(&mut self, store: &dyn ObjectStore, idx: u64, pos: usize, data: &[u8]) -> Result<u64, StoreError> {
+        if pos == 0 && data.len() == BLOCK_SIZE {
+            return Ok(self.set(idx, Slot::Dirty(Arc::new(data.to_vec()))));
+        }
+        if let Some(Slot::Dirty(arc)) = self.slots.get_mut(idx as usize) {
+            // Copies only when a commit is holding the same bytes.
+            Arc::make_mut(arc)[pos..pos + data.len()].copy_from_slice(data);
+            return Ok(0);
+        }
+        let mut bytes = self.block_bytes(store, idx)?;
+        bytes[pos..pos + data.len()].copy_from_slice(data);
+        Ok(self.set(idx, Slot::Dirty(Arc::new(bytes))))
+    }
+
+    /// Makes bytes [start, end) of the file read as zeros, turning whole blocks into holes.
+    pub fn zero_range(&mut self, store: &dyn ObjectStore, start: u64, end: u64) -> Result<u64, StoreError> {
+        let bs = BLOCK_SIZE as u64;
+        let mut added = 0;
+        let mut pos = start;
+        let end = end.min(self.slots.len() as u64 * bs);
+        while pos < end {
+            let idx = pos / bs;
+            let within = (pos % bs) as usize;
+            let n = (bs - within as u64).min(end - pos) as usize;
+            if matches!(self.slot(idx), Slot::Hole) {
+            } else if n == BLOCK_SIZE {
+                self.set(idx, Slot::Hole);
+            } else {
+                added += self.write_in_block(store, idx, within, &vec![0u8; n])?;
+            }
+            pos += n as u64;
+        }
+        Ok(added)
+    }
+
+    /// Drops every block past `size` and zeroes the tail of the last partial block.
+    pub fn truncate(&mut self, store: &dyn ObjectStore, size: u64) -> Result<u64, StoreError> {
+        let keep = blocks_for(size) as usize;
+        if keep < self.slots.len() {
+            for i in keep..self.slots.len() {
+                self.dirty_blocks.remove(&(i as u64));
+                self.dirty_leaves.insert(i / MAP_LEAF_BLOCKS);
+            }
+            self.slots.truncate(keep);
+        }
+        let bs = BLOCK_SIZE as u64;
+        if size % bs != 0 {
+            return self.zero_range(store, size, keep as u64 * bs);
+        }
+        Ok(0)
+    }
+
+    pub fn has_dirty_blocks(&self) -> bool {
+        !self.dirty_blocks.is_empty()
+    }
+
+    pub fn is_dirty(&self) -> bool {
+        !self.dirty_leaves.is_empty() || !self.dirty_blocks.is_empty()
+    }
+
+    /// The dirty blocks, shared, for a commit to store outside the branch lock.
+    pub fn dirty_block_list(&self) -> Vec<(u64, Arc<Vec<u8>>)> {
+        self.dirty_blocks
+            .iter()
+            .filter_map(|&i| match &self.slots[i as usize] {
+                Slot::Dirty(a) => Some((i, a.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Marks a dirty block stored, if it still holds exactly the bytes that were stored.
+    pub fn settle(&mut self, idx: u64, stored: &Arc<Vec<u8>>, hash: Option<Hash>) -> bool {
+        match self.slots.get(idx as usize) {
+            Some(Slot::Dirty(cur)) if Arc::ptr_eq(cur, stored) => {
+                self.set(idx, hash.map_or(Slot::Hole, Slot::Stored));
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Stores remaining dirty blocks and changed leaves; returns the new map root.
+    pub fn commit(&mut self, store: &dyn ObjectStore) -> Result<(Option<Hash>, u64), StoreError> {
+        let mut settled = 0;
+        for (idx, data) in self.dirty_block_list() {
+            let hash = store_block(store, &data)?;
+            self.settle(idx, &data, hash);
+            settled += 1;
+        }
+        if self.dirty_leaves.is_empty() {
+            return Ok((self.root, settled));
+        }
+        let nleaves = self.slots.len().div_ceil(MAP_LEAF_BLOCKS);
+        self.leaf_hashes.resize(nleaves, None);
+        for &leaf_no in &self.dirty_leaves {
+            if leaf_no >= nleaves {
+                continue;
+            }
+            let start = leaf_no * MAP_LEAF_BLOCKS;
+            let end = (start + MAP_LEAF_BLOCKS).min(self.slots.len());
+            let blocks: Vec<(u16, Hash)> = self.slots[start..end]
+                .iter()
+                .enumerate()
+                .filter_map(|(i, s)| match s {
+                    Slot::Stored(h) => Some((i as u16, *h)),
+                    _ => None,
+                })
+                .collect();
+            self.leaf_hashes[leaf_no] =
+                if blocks.is_empty() { None } else { Some(node::put_node(store, &MapLeaf { blocks })?) };
+        }
+        self.dirty_leaves.clear();
+        while self.leaf_hashes.last() == Some(&None) {
+            self.leaf_hashes.pop();
+        }
+        self.root = if self.leaf_hashes.is_empty() {
+            None
+        } else {
+            Some(node::put_node(store, &MapRoot { leaves: self.leaf_hashes.clone() })?)
+        };
+        Ok((self.root, settled))
+    }
+}
+
+/// Stores one block unless it is all zeros; returns its hash (None for a hole).
+pub fn store_block(store: &dyn ObjectStore, data: &[u8]) -> Result<Option<Hash>, StoreError> {
+    if block::is_zero(data) {
+        return Ok(None);
+    }
+    let hash = Hash::of(data);
+    store.put(&hash, data)?;
+    Ok(Some(hash))
+}
+
+impl FileMap {
+    /// The root hash as of the last commit.
+    pub fn committed_root(&self) -> Option<Hash> {
+        self.root
+    }
+}

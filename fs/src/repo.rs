@@ -1,0 +1,335 @@
+//! The repository: one object store, its catalog, and every open branch.
+//!
+//! Creating a branch or snapshot commits its source and records the source's root
+//! under the new name: O(1) in the size of the data. GC marks from every head and
+//! sweeps the rest; it excludes commits for its duration so nothing it cannot see
+//! is half-written.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
+use serde::Serialize;
+
+use crate::block::{Hash, BLOCK_SIZE};
+use crate::branch::{Branch, BranchError};
+use crate::catalog::{BranchRecord, Catalog, CatalogError, Kind};
+use crate::store::{LocalStore, ObjectStore, StoreError, SweepStats};
+use crate::tree::Tree;
+use crate::walk;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    #[error("no branch or snapshot named '{0}' (see `pgbranch branch list`)")]
+    NotFound(String),
+    #[error("a branch or snapshot named '{0}' already exists")]
+    Exists(String),
+    #[error("invalid name '{0}': {1}")]
+    InvalidName(String, &'static str),
+    #[error(transparent)]
+    Branch(#[from] BranchError),
+    #[error(transparent)]
+    Catalog(#[from] CatalogError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{context}: {source}")]
+    Io { context: String, source: std::io::Error },
+}
+
+fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RepoError {
+    let context = context.into();
+    move |source| RepoError::Io { context, source }
+}
+
+/// Branch names: what is safe as a directory name and in a URL.
+pub fn validate_name(name: &str) -> Result<(), RepoError> {
+    let bad = |why| Err(RepoError::InvalidName(name.to_string(), why));
+    if name.is_empty() || name.len() > 63 {
+        return bad("names are 1 to 63 characters long");
+    }
+    if !name.chars().next().unwrap().is_ascii_alphanumeric() {
+        return bad("names start with a letter or digit");
+    }
+    if !name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) {
+        return bad("names use only letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+pub struct Repository {
+    dir: PathBuf,
+    store: Arc<LocalStore>,
+    catalog: Catalog,
+    branches: RwLock<BTreeMap<String, Arc<Branch>>>,
+    gc_lock: RwLock<()>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BranchUsage {
+    pub name: String,
+    pub kind: &'static str,
+    /// Bytes of data the branch references (uncompressed, holes excluded).
+    pub logical_bytes: u64,
+    /// Stored bytes referenced by this branch and no other.
+    pub unique_bytes: u64,
+    /// Stored bytes this branch shares with at least one other.
+    pub shared_bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Usage {
+    pub branches: Vec<BranchUsage>,
+    pub physical_bytes: u64,
+    /// Uncompressed bytes of distinct blocks.
+    pub distinct_bytes: u64,
+    /// Stored bytes of distinct blocks.
+    pub stored_block_bytes: u64,
+    pub compression_ratio: f64,
+    pub dedup_ratio: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Damage {
+    pub branch: String,
+    pub path: String,
+    pub offset: Option<u64>,
+    pub object: String,
+    pub error: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    pub objects_checked: u64,
+    pub damaged: Vec<Damage>,
+}
+
+impl Repository {
+    pub fn open(dir: &Path) -> Result<Repository, RepoError> {
+        std::fs::create_dir_all(dir.join("logs")).map_err(io_err(format!("creating {}", dir.display())))?;
+        let store = Arc::new(LocalStore::open(dir)?);
+        let catalog = Catalog::open(&dir.join("catalog.redb"))?;
+        let repo = Repository {
+            dir: dir.to_path_buf(),
+            store,
+            catalog,
+            branches: RwLock::new(BTreeMap::new()),
+            gc_lock: RwLock::new(()),
+        };
+        for rec in repo.catalog.list()? {
+            let branch = Branch::open(repo.store.clone(), &rec, &repo.log_dir(rec.id))?;
+            repo.branches.write().insert(rec.name.clone(), Arc::new(branch));
+        }
+        Ok(repo)
+    }
+
+    fn log_dir(&self, id: u64) -> PathBuf {
+        self.dir.join("logs").join(id.to_string())
+    }
+
+    pub fn store(&self) -> &Arc<LocalStore> {
+        &self.store
+    }
+
+    pub fn get(&self, name: &str) -> Result<Arc<Branch>, RepoError> {
+        self.branches.read().get(name).cloned().ok_or_else(|| RepoError::NotFound(name.to_string()))
+    }
+
+    pub fn record(&self, name: &str) -> Result<BranchRecord, RepoError> {
+        self.catalog.get(name)?.ok_or_else(|| RepoError::NotFound(name.to_string()))
+    }
+
+    pub fn records(&self) -> Result<Vec<BranchRecord>, RepoError> {
+        Ok(self.catalog.list()?)
+    }
+
+    pub fn branches(&self) -> Vec<Arc<Branch>> {
+        self.branches.read().values().cloned().collect()
+    }
+
+    fn check_new_name(&self, name: &str) -> Result<(), RepoError> {
+        validate_name(name)?;
+        if self.branches.read().contains_key(name) {
+            return Err(RepoError::Exists(name.to_string()));
+        }
+        Ok(())
+    }
+
+    fn add(&self, name: &str, kind: Kind, root: Hash, parent: Option<String>) -> Result<Arc<Branch>, RepoError> {
+        let id = self.catalog.next_id()?;
+        let log_dir = self.log_dir(id);
+        if log_dir.exists() {
+            std::fs::remove_dir_all(&log_dir).map_err(io_err("clearing a stale intent log"))?;
+        }
+        let created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0);
+        let rec = BranchRecord { name: name.to_string(), id, kind, root, log_seq: 0, parent, created_unix };
+        let branch = Arc::new(Branch::open(self.store.clone(), &rec, &log_dir)?);
+        self.catalog.put(&rec)?;
+        let mut branches = self.branches.write();
+        if branches.contains_key(name) {
+            self.catalog.remove(name).ok();
+            return Err(RepoError::Exists(name.to_string()));
+        }
+        branches.insert(name.to_string(), branch.clone());
+        Ok(branch)
+    }
+
+    /// A new branch holding an empty root directory owned by `uid:gid`, mode 0700.
+    pub fn create_empty(&self, name: &str, uid: u32, gid: u32) -> Result<Arc<Branch>, RepoError> {
+        self.check_new_name(name)?;
+        let mut tree = Tree::empty(self.store.clone(), 0o700, uid, gid);
+        let root = tree.commit()?;
+        self.store.flush()?;
+        self.add(name, Kind::Branch, root, None)
+    }
+
+    /// A new branch or snapshot at the current state of `source`, which may be running.
+    pub fn create_from(&self, name: &str, source: &str, kind: Kind) -> Result<Arc<Branch>, RepoError> {
+        self.check_new_name(name)?;
+        let src = self.get(source)?;
+        let root = self.commit_branch(&src)?;
+        self.add(name, kind, root, Some(source.to_string()))
+    }
+
+    /// Commits one branch and records its new head.
+    pub fn commit_branch(&self, branch: &Branch) -> Result<Hash, RepoError> {
+        let _no_gc = self.gc_lock.read();
+        Ok(branch.commit(self.store.as_ref(), |c| {
+            let mut rec = self.catalog.get(&branch.name).map_err(|e| e.to_string())?.ok_or("branch was deleted")?;
+            rec.root = c.root;
+            rec.log_seq = c.log_seq;
+            self.catalog.put(&rec).map_err(|e| e.to_string())
+        })?)
+    }
+
+    pub fn commit_all(&self) -> Result<(), RepoError> {
+        for b in self.branches() {
+            self.commit_branch(&b)?;
+        }
+        Ok(())
+    }
+
+    /// Forgets a branch; the caller has made sure nothing uses it.
+    pub fn delete(&self, name: &str) -> Result<(), RepoError> {
+        let branch = self.branches.write().remove(name).ok_or_else(|| RepoError::NotFound(name.to_string()))?;
+        self.catalog.remove(name)?;
+        let dir = self.log_dir(branch.id);
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir).map_err(io_err(format!("removing the intent log of {name}")))?;
+        }
+        Ok(())
+    }
+
+    /// Deletes every object no branch or snapshot reaches.
+    pub fn gc(&self) -> Result<SweepStats, RepoError> {
+        self.commit_all()?;
+        let _exclusive = self.gc_lock.write();
+        let mut live = HashSet::new();
+        let mut maps_seen = HashSet::new();
+        for rec in self.catalog.list()? {
+            let listing = walk::list(self.store.as_ref(), &rec.root, Some(&maps_seen));
+            if let Some(b) = listing.broken.first() {
+                // Marking from a damaged tree could free blocks it still uses.
+                return Err(RepoError::Store(StoreError::Index(format!(
+                    "branch {} has a damaged tree node ({}); run `pgbranch verify` before gc",
+                    rec.name, b.error
+                ))));
+            }
+            live.extend(listing.nodes.iter().copied());
+            for f in listing.files {
+                live.extend(f.blocks.iter().map(|(_, h)| *h));
+            }
+            maps_seen.extend(listing.nodes);
+        }
+        Ok(self.store.sweep(&live)?)
+    }
+
+    /// Per-branch logical, unique and shared bytes, and the store's ratios.
+    pub fn usage(&self) -> Result<Usage, RepoError> {
+        self.commit_all()?;
+        let records = self.catalog.list()?;
+        let mut per_branch: Vec<(BranchRecord, HashSet<Hash>, u64)> = Vec::new();
+        let mut refs: HashMap<Hash, u32> = HashMap::new();
+        for rec in records {
+            let listing = walk::list(self.store.as_ref(), &rec.root, None);
+            let mut blocks = HashSet::new();
+            let mut logical = 0u64;
+            for f in &listing.files {
+                logical += f.blocks.len() as u64 * BLOCK_SIZE as u64;
+                blocks.extend(f.blocks.iter().map(|(_, h)| *h));
+            }
+            for h in &blocks {
+                *refs.entry(*h).or_default() += 1;
+            }
+            per_branch.push((rec, blocks, logical));
+        }
+        let mut sizes = HashMap::new();
+        for h in refs.keys() {
+            sizes.insert(*h, self.store.stored_size(h)?.unwrap_or(0));
+        }
+        let branches = per_branch
+            .iter()
+            .map(|(rec, blocks, logical)| {
+                let (mut unique, mut shared) = (0, 0);
+                for h in blocks {
+                    if refs[h] > 1 {
+                        shared += sizes[h];
+                    } else {
+                        unique += sizes[h];
+                    }
+                }
+                BranchUsage { name: rec.name.clone(), kind: rec.kind.as_str(), logical_bytes: *logical, unique_bytes: unique, shared_bytes: shared }
+            })
+            .collect();
+        let distinct_bytes = refs.len() as u64 * BLOCK_SIZE as u64;
+        let stored_block_bytes: u64 = sizes.values().sum();
+        let total_logical: u64 = per_branch.iter().map(|(_, _, l)| l).sum();
+        let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
+        Ok(Usage {
+            branches,
+            physical_bytes: self.store.physical_bytes()?,
+            distinct_bytes,
+            stored_block_bytes,
+            compression_ratio: ratio(distinct_bytes, stored_block_bytes),
+            dedup_ratio: ratio(total_logical, distinct_bytes),
+        })
+    }
+
+    /// Reads and checks every object every branch and snapshot reaches.
+    pub fn verify(&self) -> Result<VerifyReport, RepoError> {
+        self.commit_all()?;
+        let mut checked: HashMap<Hash, Option<String>> = HashMap::new();
+        let mut damaged = Vec::new();
+        for rec in self.catalog.list()? {
+            let listing = walk::list(self.store.as_ref(), &rec.root, None);
+            for b in listing.broken {
+                checked.insert(b.hash, Some(b.error.clone()));
+                damaged.push(Damage { branch: rec.name.clone(), path: b.path, offset: b.offset, object: b.hash.to_hex(), error: b.error });
+            }
+            for h in listing.nodes {
+                checked.entry(h).or_insert(None);
+            }
+            for f in listing.files {
+                for (idx, h) in f.blocks {
+                    let result = checked
+                        .entry(h)
+                        .or_insert_with(|| self.store.get(&h).err().map(|e| e.to_string()))
+                        .clone();
+                    if let Some(error) = result {
+                        damaged.push(Damage {
+                            branch: rec.name.clone(),
+                            path: f.path.clone(),
+                            offset: Some(idx * BLOCK_SIZE as u64),
+                            object: h.to_hex(),
+                            error,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(VerifyReport { objects_checked: checked.len() as u64, damaged })
+    }
+}

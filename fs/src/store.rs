@@ -1,0 +1,284 @@
+//! The object store: content-addressed, compressed, verified objects.
+//!
+//! [`ObjectStore`] is the interface the rest of the filesystem uses; [`LocalStore`]
+//! implements it with append-only pack files and a persistent redb index
+//! (hash -> pack, offset, length). Objects are immutable and named by hash, so an
+//! S3-compatible backend can implement the same trait later.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+
+use crate::block::{self, DecodeError, Hash};
+use crate::pack::{self, ActivePack, Location};
+
+const OBJECTS: TableDefinition<[u8; 32], (u32, u64, u32)> = TableDefinition::new("objects");
+
+/// Start a new pack once the active one passes this size.
+const PACK_TARGET_BYTES: u64 = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("object {0} is not in the store")]
+    Missing(Hash),
+    #[error(transparent)]
+    Damaged(#[from] DecodeError),
+    #[error("store I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("store index error: {0}")]
+    Index(String),
+}
+
+impl StoreError {
+    fn index(e: impl std::fmt::Display) -> StoreError {
+        StoreError::Index(e.to_string())
+    }
+}
+
+/// What GC did.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct SweepStats {
+    pub objects_removed: u64,
+    pub packs_rewritten: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// The interface between the filesystem and wherever objects live.
+pub trait ObjectStore: Send + Sync {
+    /// Returns the decoded object, verified against its hash.
+    fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError>;
+    /// Stores an object unless already present. Not durable until [`ObjectStore::flush`].
+    fn put(&self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError>;
+    /// Makes every object put so far durable.
+    fn flush(&self) -> Result<(), StoreError>;
+    /// Stored (compressed) size of an object, if present.
+    fn stored_size(&self, hash: &Hash) -> Result<Option<u64>, StoreError>;
+    /// Bytes the store occupies on its medium.
+    fn physical_bytes(&self) -> Result<u64, StoreError>;
+    /// Number of objects in the store.
+    fn object_count(&self) -> Result<u64, StoreError>;
+    /// Deletes every object not in `live` and reclaims its space.
+    fn sweep(&self, live: &HashSet<Hash>) -> Result<SweepStats, StoreError>;
+    /// Every object's hash, for verification.
+    fn all_objects(&self) -> Result<Vec<Hash>, StoreError>;
+}
+
+/// Pack files plus a redb index, in one local directory.
+pub struct LocalStore {
+    dir: PathBuf,
+    index: Database,
+    active: Mutex<ActivePack>,
+    /// Objects appended since the last flush: visible to readers, not yet indexed.
+    pending: RwLock<HashMap<Hash, Location>>,
+    readers: RwLock<HashMap<u32, Arc<File>>>,
+}
+
+impl LocalStore {
+    pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
+        let packs_dir = dir.join("packs");
+        std::fs::create_dir_all(&packs_dir)?;
+        let index = Database::create(dir.join("index.redb")).map_err(StoreError::index)?;
+        {
+            let txn = index.begin_write().map_err(StoreError::index)?;
+            txn.open_table(OBJECTS).map_err(StoreError::index)?;
+            txn.commit().map_err(StoreError::index)?;
+        }
+        let last = pack::list_packs(&packs_dir)?.last().copied().unwrap_or(0);
+        // Always start a fresh pack: anything past the last flush in the previous one is
+        // unindexed garbage from a crash, reclaimed by the next GC.
+        let active = ActivePack::open(&packs_dir, last + 1)?;
+        Ok(LocalStore {
+            dir: packs_dir,
+            index,
+            active: Mutex::new(active),
+            pending: RwLock::new(HashMap::new()),
+            readers: RwLock::new(HashMap::new()),
+        })
+    }
+
+    fn locate(&self, hash: &Hash) -> Result<Option<Location>, StoreError> {
+        if let Some(loc) = self.pending.read().get(hash) {
+            return Ok(Some(*loc));
+        }
+        let txn = self.index.begin_read().map_err(StoreError::index)?;
+        let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
+        let found = table.get(hash.0).map_err(StoreError::index)?;
+        Ok(found.map(|v| {
+            let (pack, offset, len) = v.value();
+            Location { pack, offset, len }
+        }))
+    }
+
+    fn reader(&self, pack: u32) -> Result<Arc<File>, StoreError> {
+        if let Some(f) = self.readers.read().get(&pack) {
+            return Ok(f.clone());
+        }
+        let f = Arc::new(File::open(pack::pack_path(&self.dir, pack))?);
+        self.readers.write().insert(pack, f.clone());
+        Ok(f)
+    }
+
+    fn read_payload(&self, loc: Location) -> Result<Vec<u8>, StoreError> {
+        let file = self.reader(loc.pack)?;
+        let mut buf = vec![0u8; loc.len as usize];
+        file.read_exact_at(&mut buf, loc.offset)?;
+        Ok(buf)
+    }
+
+    /// Where an object lives, for `verify` to name damaged packs.
+    pub fn location(&self, hash: &Hash) -> Result<Option<Location>, StoreError> {
+        self.locate(hash)
+    }
+
+    pub fn pack_dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn index_pending(&self, entries: &[(Hash, Location)], removed: &[Hash]) -> Result<(), StoreError> {
+        let txn = self.index.begin_write().map_err(StoreError::index)?;
+        {
+            let mut table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
+            for (h, loc) in entries {
+                table.insert(h.0, (loc.pack, loc.offset, loc.len)).map_err(StoreError::index)?;
+            }
+            for h in removed {
+                table.remove(h.0).map_err(StoreError::index)?;
+            }
+        }
+        txn.commit().map_err(StoreError::index)?;
+        Ok(())
+    }
+}
+
+impl ObjectStore for LocalStore {
+    fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+        let loc = self.locate(hash)?.ok_or(StoreError::Missing(*hash))?;
+        let payload = self.read_payload(loc)?;
+        Ok(block::decode(hash, &payload)?)
+    }
+
+    fn put(&self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
+        if self.locate(hash)?.is_some() {
+            return Ok(());
+        }
+        let payload = block::encode(bytes);
+        let mut active = self.active.lock();
+        // Re-check under the lock: another thread may have stored it meanwhile.
+        if self.pending.read().contains_key(hash) {
+            return Ok(());
+        }
+        let loc = active.append(hash, &payload)?;
+        self.pending.write().insert(*hash, loc);
+        Ok(())
+    }
+
+    fn flush(&self) -> Result<(), StoreError> {
+        let mut active = self.active.lock();
+        let entries: Vec<(Hash, Location)> = self.pending.read().iter().map(|(h, l)| (*h, *l)).collect();
+        if entries.is_empty() {
+            return Ok(());
+        }
+        active.sync()?;
+        self.index_pending(&entries, &[])?;
+        let mut pending = self.pending.write();
+        for (h, _) in &entries {
+            pending.remove(h);
+        }
+        if active.len() > PACK_TARGET_BYTES {
+            let next = active.number + 1;
+            *active = ActivePack::open(&self.dir, next)?;
+            std::fs::File::open(&self.dir)?.sync_all()?;
+        }
+        Ok(())
+    }
+
+    fn stored_size(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
+        Ok(self.locate(hash)?.map(|l| l.len as u64 + pack::RECORD_HEADER))
+    }
+
+    fn physical_bytes(&self) -> Result<u64, StoreError> {
+        let mut total = std::fs::metadata(self.dir.parent().unwrap().join("index.redb"))?.len();
+        for p in pack::list_packs(&self.dir)? {
+            total += std::fs::metadata(pack::pack_path(&self.dir, p))?.len();
+        }
+        Ok(total)
+    }
+
+    fn object_count(&self) -> Result<u64, StoreError> {
+        let txn = self.index.begin_read().map_err(StoreError::index)?;
+        let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
+        Ok(table.len().map_err(StoreError::index)? + self.pending.read().len() as u64)
+    }
+
+    fn all_objects(&self) -> Result<Vec<Hash>, StoreError> {
+        self.flush()?;
+        let txn = self.index.begin_read().map_err(StoreError::index)?;
+        let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(StoreError::index)? {
+            let (k, _) = item.map_err(StoreError::index)?;
+            out.push(Hash(k.value()));
+        }
+        Ok(out)
+    }
+
+    fn sweep(&self, live: &HashSet<Hash>) -> Result<SweepStats, StoreError> {
+        self.flush()?;
+        let mut stats = SweepStats { bytes_before: self.physical_bytes()?, ..Default::default() };
+        // Seal the active pack so every existing pack is immutable while we work.
+        let mut active = self.active.lock();
+        let next = active.number + 1;
+        *active = ActivePack::open(&self.dir, next)?;
+        let indexed: HashMap<Hash, Location> = {
+            let txn = self.index.begin_read().map_err(StoreError::index)?;
+            let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
+            let mut m = HashMap::new();
+            for item in table.iter().map_err(StoreError::index)? {
+                let (k, v) = item.map_err(StoreError::index)?;
+                let (pack, offset, len) = v.value();
+                m.insert(Hash(k.value()), Location { pack, offset, len });
+            }
+            m
+        };
+        let dead: Vec<Hash> = indexed.keys().filter(|h| !live.contains(h)).copied().collect();
+        stats.objects_removed = dead.len() as u64;
+        for pack_no in pack::list_packs(&self.dir)? {
+            if pack_no == active.number {
+                continue;
+            }
+            let records = pack::scan(&self.dir, pack_no)?;
+            let size = std::fs::metadata(pack::pack_path(&self.dir, pack_no))?.len();
+            // A record is live only if it is the indexed copy of a live object.
+            let live_records: Vec<(Hash, Location)> = records
+                .into_iter()
+                .filter(|(h, loc)| live.contains(h) && indexed.get(h) == Some(loc))
+                .collect();
+            let live_bytes: u64 = live_records.iter().map(|(_, l)| l.len as u64 + pack::RECORD_HEADER).sum();
+            if live_bytes * 100 >= size * 97 {
+                continue;
+            }
+            let mut moved = Vec::with_capacity(live_records.len());
+            for (h, loc) in &live_records {
+                let payload = self.read_payload(*loc)?;
+                moved.push((*h, active.append(h, &payload)?));
+            }
+            active.sync()?;
+            self.index_pending(&moved, &[])?;
+            self.readers.write().remove(&pack_no);
+            std::fs::remove_file(pack::pack_path(&self.dir, pack_no))?;
+            stats.packs_rewritten += 1;
+        }
+        self.index_pending(&[], &dead)?;
+        std::fs::File::open(&self.dir)?.sync_all()?;
+        drop(active);
+        // redb keeps freed pages for reuse; compaction returns them to the file system.
+        stats.bytes_after = self.physical_bytes()?;
+        Ok(stats)
+    }
+}
