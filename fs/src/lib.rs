@@ -10,6 +10,7 @@
 pub mod block;
 pub mod branch;
 pub mod catalog;
+pub mod commit_signal;
 pub mod filemap;
 pub mod fuse;
 pub mod intent_log;

@@ -1,0 +1,94 @@
+//! Mounting a branch, unmounting it (refusing while in use), and clearing stale mounts.
+
+use std::ffi::CString;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use fuser::{BackgroundSession, Config, MountOption, SessionACL};
+
+use super::BranchFs;
+use crate::branch::Branch;
+use crate::commit_signal::CommitSignal;
+
+/// A mounted branch; dropping it unmounts lazily.
+pub struct Mounted {
+    session: Option<BackgroundSession>,
+    path: std::path::PathBuf,
+}
+
+/// FUSE worker threads per mount: enough for postgres' backends, checkpointer and
+/// WAL writer to have requests in flight while an fsync waits on the disk.
+const THREADS_PER_MOUNT: usize = 8;
+
+pub fn mount(branch: Arc<Branch>, path: &Path, signal: Arc<CommitSignal>, space_path: &Path) -> io::Result<Mounted> {
+    let read_only = branch.read_only();
+    let mut options = vec![
+        MountOption::FSName(format!("pgbranch:{}", branch.name)),
+        MountOption::Subtype("pgbranch".into()),
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+        MountOption::Dev,
+        MountOption::Suid,
+    ];
+    options.push(if read_only { MountOption::RO } else { MountOption::RW });
+    let mut config = Config::default();
+    config.mount_options = options;
+    config.acl = SessionACL::All;
+    config.n_threads = Some(THREADS_PER_MOUNT);
+    config.clone_fd = true;
+    let fs = BranchFs::new(branch, signal, space_path);
+    let session = fuser::Session::new(fs, path, &config)?.spawn()?;
+    Ok(Mounted { session: Some(session), path: path.to_path_buf() })
+}
+
+impl Mounted {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Unmounts; fails with EBUSY while any process has a file or cwd inside.
+    pub fn unmount(mut self) -> io::Result<()> {
+        umount(&self.path, 0)?;
+        if let Some(s) = self.session.take() {
+            let _ = s.join();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Mounted {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            let _ = umount(&self.path, libc::MNT_DETACH);
+            drop(s);
+        }
+    }
+}
+
+fn umount(path: &Path, flags: i32) -> io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
+    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// True if `path` is a mount point according to /proc/self/mounts.
+pub fn is_mounted(path: &Path) -> bool {
+    let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return false };
+    let want = path.to_string_lossy();
+    mounts.lines().any(|l| {
+        l.split(' ').nth(1).map(|p| p.replace("\\040", " ")) .as_deref() == Some(&*want)
+    })
+}
+
+/// Detaches a mount left behind by a daemon that died, so the path can be reused.
+pub fn clear_stale(path: &Path) -> io::Result<bool> {
+    if is_mounted(path) {
+        umount(path, libc::MNT_DETACH)?;
+        return Ok(true);
+    }
+    Ok(false)
+}
