@@ -1,0 +1,38 @@
+//! The control protocol between `pgbranch` and its daemon: one JSON request per line,
+//! one JSON response per line, over the store's owner-only Unix socket.
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum Request {
+    Status,
+    List,
+    Path { name: String },
+    CreateBranch { name: String, from: Option<String> },
+    CreateSnapshot { name: String, from: String },
+    Delete { name: String, snapshot: bool },
+    Du,
+    Gc,
+    Verify,
+    Commit,
+    Shutdown,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub data: serde_json::Value,
+}
+
+impl Response {
+    pub fn ok(data: serde_json::Value) -> Response {
+        Response { ok: true, error: None, data }
+    }
+    pub fn err(e: impl std::fmt::Display) -> Response {
+        Response { ok: false, error: Some(e.to_string()), data: serde_json::Value::Null }
+    }
+}

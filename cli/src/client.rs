@@ -1,0 +1,80 @@
+//! Talking to the daemon: connect to its socket, starting it in the background first
+//! when nothing answers (and clearing a stale socket a dead daemon left).
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::api::{Request, Response};
+use crate::layout::Layout;
+
+/// How long to wait for a freshly started daemon: it replays intent logs first.
+const START_TIMEOUT: Duration = Duration::from_secs(120);
+
+pub fn try_connect(layout: &Layout) -> Option<UnixStream> {
+    UnixStream::connect(layout.socket()).ok()
+}
+
+fn start_daemon(layout: &Layout) -> Result<()> {
+    layout.prepare()?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(layout.log())
+        .with_context(|| format!("opening daemon log {}", layout.log().display()))?;
+    let exe = std::env::current_exe().context("locating the pgbranch binary")?;
+    let mut child = Command::new(exe)
+        .arg("--store")
+        .arg(&layout.root)
+        .arg("daemon")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .spawn()
+        .context("starting the pgbranch daemon")?;
+    let started = Instant::now();
+    while started.elapsed() < START_TIMEOUT {
+        if try_connect(layout).is_some() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            let log = std::fs::read_to_string(layout.log()).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(5).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            bail!("the pgbranch daemon exited ({status}) while starting:\n{}", tail.join("\n"));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    bail!("the pgbranch daemon did not answer within {}s; see {}", START_TIMEOUT.as_secs(), layout.log().display())
+}
+
+/// Sends one request, starting the daemon if needed; returns the response's data.
+pub fn call(layout: &Layout, req: &Request) -> Result<serde_json::Value> {
+    let conn = match try_connect(layout) {
+        Some(c) => c,
+        None => {
+            start_daemon(layout)?;
+            try_connect(layout).context("connecting to the daemon")?
+        }
+    };
+    call_on(conn, req)
+}
+
+pub fn call_on(mut conn: UnixStream, req: &Request) -> Result<serde_json::Value> {
+    writeln!(conn, "{}", serde_json::to_string(req)?)?;
+    let mut line = String::new();
+    BufReader::new(&conn).read_line(&mut line).context("reading the daemon's answer")?;
+    if line.is_empty() {
+        bail!("the daemon closed the connection without answering (did it crash? see its log)");
+    }
+    let resp: Response = serde_json::from_str(&line).context("parsing the daemon's answer")?;
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_else(|| "unknown error".into()));
+    }
+    Ok(resp.data)
+}

@@ -1,0 +1,124 @@
+//! Human-readable output of each verb; `--json` prints the daemon's data as is.
+
+use anyhow::Result;
+use serde_json::Value;
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+}
+
+fn json_out(v: &Value) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
+}
+
+pub fn created(data: &Value) {
+    println!("{}", data["path"].as_str().unwrap_or_default());
+}
+
+pub fn list(data: &Value, json: bool) -> Result<()> {
+    if json {
+        return json_out(data);
+    }
+    println!("{:<24} {:<9} {:<16} {}", "NAME", "KIND", "PARENT", "PATH");
+    for b in data.as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<9} {:<16} {}",
+            b["name"].as_str().unwrap_or(""),
+            b["kind"].as_str().unwrap_or(""),
+            b["parent"].as_str().unwrap_or("-"),
+            b["path"].as_str().unwrap_or(""),
+        );
+    }
+    Ok(())
+}
+
+pub fn du(data: &Value, json: bool) -> Result<()> {
+    if json {
+        return json_out(data);
+    }
+    println!("{:<24} {:<9} {:>12} {:>12} {:>12}", "NAME", "KIND", "LOGICAL", "UNIQUE", "SHARED");
+    for b in data["branches"].as_array().into_iter().flatten() {
+        println!(
+            "{:<24} {:<9} {:>12} {:>12} {:>12}",
+            b["name"].as_str().unwrap_or(""),
+            b["kind"].as_str().unwrap_or(""),
+            bytes(b["logical_bytes"].as_u64().unwrap_or(0)),
+            bytes(b["unique_bytes"].as_u64().unwrap_or(0)),
+            bytes(b["shared_bytes"].as_u64().unwrap_or(0)),
+        );
+    }
+    println!();
+    println!("store physical size: {}", bytes(data["physical_bytes"].as_u64().unwrap_or(0)));
+    println!("compression ratio:   {:.2}x", data["compression_ratio"].as_f64().unwrap_or(1.0));
+    println!("dedup ratio:         {:.2}x", data["dedup_ratio"].as_f64().unwrap_or(1.0));
+    Ok(())
+}
+
+pub fn gc(data: &Value, json: bool) -> Result<()> {
+    if json {
+        return json_out(data);
+    }
+    println!(
+        "removed {} objects, rewrote {} packs; store {} -> {}",
+        data["objects_removed"],
+        data["packs_rewritten"],
+        bytes(data["bytes_before"].as_u64().unwrap_or(0)),
+        bytes(data["bytes_after"].as_u64().unwrap_or(0)),
+    );
+    Ok(())
+}
+
+pub fn verify(data: &Value, json: bool) -> Result<()> {
+    let damaged = data["damaged"].as_array().cloned().unwrap_or_default();
+    if json {
+        json_out(data)?;
+    } else {
+        println!("checked {} objects", data["objects_checked"]);
+        for d in &damaged {
+            let offset = d["offset"].as_u64().map(|o| format!(" at offset {o}")).unwrap_or_default();
+            println!(
+                "DAMAGED: branch {} file {}{offset}: {}",
+                d["branch"].as_str().unwrap_or(""),
+                d["path"].as_str().unwrap_or(""),
+                d["error"].as_str().unwrap_or("")
+            );
+        }
+        if damaged.is_empty() {
+            println!("no damage found");
+        }
+    }
+    if !damaged.is_empty() {
+        anyhow::bail!("{} damaged block(s) found", damaged.len());
+    }
+    Ok(())
+}
+
+pub fn status(data: &Value, json: bool) -> Result<()> {
+    if json {
+        return json_out(data);
+    }
+    println!("daemon:    pid {}, up {}s", data["pid"], data["uptime_secs"]);
+    println!("store:     {}", data["store"].as_str().unwrap_or(""));
+    println!("size:      {} in {} objects", bytes(data["physical_bytes"].as_u64().unwrap_or(0)), data["objects"]);
+    println!("memory:    {} (peak {})", bytes(data["rss_bytes"].as_u64().unwrap_or(0)), bytes(data["peak_rss_bytes"].as_u64().unwrap_or(0)));
+    let branches = data["branches"].as_array().cloned().unwrap_or_default();
+    println!("branches:  {}", branches.len());
+    for b in branches {
+        println!(
+            "  {:<22} {:<9} {} {}",
+            b["name"].as_str().unwrap_or(""),
+            b["kind"].as_str().unwrap_or(""),
+            if b["mounted"].as_bool() == Some(true) { "mounted" } else { "not mounted" },
+            b["path"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}

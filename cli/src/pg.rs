@@ -1,0 +1,201 @@
+//! Running stock PostgreSQL on a branch: finding binaries, running them as the user
+//! that owns the branch, starting and stopping servers, and preparing a cut branch
+//! for its first start.
+
+use std::net::TcpListener;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use anyhow::{bail, Context, Result};
+
+/// A directory of postgres binaries (initdb, postgres, pg_ctl, psql, pgbench).
+#[derive(Clone, Debug)]
+pub struct PgBin(pub PathBuf);
+
+impl PgBin {
+    /// `--pg-bin`, else `$PG_CONFIG --bindir`, else the newest /usr/lib/postgresql/N/bin.
+    pub fn find(flag: Option<PathBuf>) -> Result<PgBin> {
+        if let Some(dir) = flag {
+            if !dir.join("postgres").exists() {
+                bail!("--pg-bin {}: no postgres binary there", dir.display());
+            }
+            return Ok(PgBin(dir));
+        }
+        if let Some(pg_config) = std::env::var_os("PG_CONFIG") {
+            let out = Command::new(&pg_config).arg("--bindir").output().context("running $PG_CONFIG --bindir")?;
+            let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+            if dir.join("postgres").exists() {
+                return Ok(PgBin(dir));
+            }
+        }
+        let mut versions: Vec<u32> = std::fs::read_dir("/usr/lib/postgresql")
+            .map(|rd| rd.flatten().filter_map(|e| e.file_name().to_string_lossy().parse().ok()).collect())
+            .unwrap_or_default();
+        versions.sort_unstable();
+        for v in versions.into_iter().rev() {
+            let dir = PathBuf::from(format!("/usr/lib/postgresql/{v}/bin"));
+            if dir.join("postgres").exists() {
+                return Ok(PgBin(dir));
+            }
+        }
+        bail!("no PostgreSQL server binaries found: install postgresql (e.g. apt-get install postgresql-15), or pass --pg-bin DIR")
+    }
+
+    pub fn tool(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+}
+
+/// The OS user postgres runs as: `postgres` when we are root, else ourselves.
+#[derive(Clone, Debug)]
+pub struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+    pub name: String,
+    pub home: PathBuf,
+}
+
+impl Owner {
+    pub fn for_branches() -> Result<Owner> {
+        let euid = unsafe { libc::geteuid() };
+        let pw = if euid == 0 {
+            let name = std::ffi::CString::new("postgres").unwrap();
+            unsafe { libc::getpwnam(name.as_ptr()) }
+        } else {
+            unsafe { libc::getpwuid(euid) }
+        };
+        if pw.is_null() {
+            bail!("cannot find the OS user to run postgres as (running as root needs a 'postgres' user)");
+        }
+        let pw = unsafe { &*pw };
+        let cstr = |p: *const libc::c_char| unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned();
+        Ok(Owner { uid: pw.pw_uid, gid: pw.pw_gid, name: cstr(pw.pw_name), home: PathBuf::from(cstr(pw.pw_dir)) })
+    }
+
+    /// A command that runs as this user (postgres refuses to run as root).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new(program);
+        if unsafe { libc::geteuid() } != self.uid {
+            cmd.uid(self.uid).gid(self.gid);
+        }
+        cmd.env("HOME", &self.home).env("USER", &self.name).current_dir("/");
+        cmd
+    }
+
+    pub fn run(&self, cmd: &mut Command, what: &str) -> Result<Output> {
+        let out = cmd.output().with_context(|| format!("running {what}"))?;
+        if !out.status.success() {
+            bail!(
+                "{what} failed ({}):\n{}{}",
+                out.status,
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(out)
+    }
+
+    /// A directory this user owns, mode 0700, for sockets and logs.
+    pub fn private_dir(&self, path: &Path) -> Result<()> {
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        unsafe {
+            libc::chown(c.as_ptr(), self.uid, self.gid);
+            libc::chmod(c.as_ptr(), 0o700);
+        }
+        Ok(())
+    }
+}
+
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A postgres server we started, on loopback and a private socket directory.
+pub struct Server {
+    pub bin: PgBin,
+    pub owner: Owner,
+    pub data: PathBuf,
+    pub port: u16,
+    pub socket_dir: PathBuf,
+    pub pid: Option<i32>,
+}
+
+impl Server {
+    pub fn start(bin: &PgBin, owner: &Owner, data: &Path, socket_dir: &Path, port: u16) -> Result<Server> {
+        owner.private_dir(socket_dir)?;
+        let log = socket_dir.join("postgres.log");
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", socket_dir.display());
+        let mut cmd = owner.command(bin.tool("pg_ctl"));
+        cmd.arg("start").arg("-w").arg("-t").arg("120").arg("-D").arg(data).arg("-l").arg(&log).arg("-o").arg(&opts);
+        if let Err(e) = owner.run(&mut cmd, "pg_ctl start") {
+            let tail = std::fs::read_to_string(&log).unwrap_or_default();
+            bail!("{e:#}\npostgres log:\n{tail}");
+        }
+        let pid = std::fs::read_to_string(data.join("postmaster.pid"))
+            .ok()
+            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+        Ok(Server { bin: bin.clone(), owner: owner.clone(), data: data.to_path_buf(), port, socket_dir: socket_dir.to_path_buf(), pid })
+    }
+
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
+        let mut cmd = self.owner.command(self.bin.tool("psql"));
+        cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.socket_dir)
+            .arg("-p")
+            .arg(self.port.to_string())
+            .args(["-d", db, "-c", sql]);
+        let out = self.owner.run(&mut cmd, "psql")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    pub fn pgbench(&self, args: &[&str]) -> Result<String> {
+        let mut cmd = self.owner.command(self.bin.tool("pgbench"));
+        cmd.arg("-h").arg(&self.socket_dir).arg("-p").arg(self.port.to_string()).args(args);
+        let out = self.owner.run(&mut cmd, "pgbench")?;
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    }
+
+    /// Fast shutdown, then make sure the postmaster pid is gone.
+    pub fn stop(&mut self) -> Result<()> {
+        let Some(pid) = self.pid.take() else { return Ok(()) };
+        let mut cmd = self.owner.command(self.bin.tool("pg_ctl"));
+        cmd.arg("stop").arg("-w").arg("-m").arg("fast").arg("-D").arg(&self.data);
+        if self.owner.run(&mut cmd, "pg_ctl stop").is_err() {
+            unsafe { libc::kill(pid, libc::SIGQUIT) };
+        }
+        for _ in 0..200 {
+            if unsafe { libc::kill(pid, 0) } != 0 {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        Ok(())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+/// Makes a crash-consistent copy of a running cluster startable as its own server:
+/// the copied postmaster.pid names the source's live postmaster and would block it.
+pub fn prepare_cut(data: &Path) -> Result<()> {
+    for f in ["postmaster.pid", "postmaster.opts"] {
+        let p = data.join(f);
+        if p.exists() {
+            std::fs::remove_file(&p).with_context(|| format!("removing {}", p.display()))?;
+        }
+    }
+    let slots = data.join("pg_replslot");
+    if let Ok(rd) = std::fs::read_dir(&slots) {
+        for e in rd.flatten() {
+            std::fs::remove_dir_all(e.path()).ok();
+        }
+    }
+    Ok(())
+}
