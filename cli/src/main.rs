@@ -3,21 +3,15 @@
 //! The binary is both the CLI and the daemon (`pgbranch daemon`). Every other verb is a
 //! request to the daemon, which the CLI starts in the background when needed.
 
-mod api;
-mod client;
-mod daemon;
-mod demo;
-mod layout;
-mod output;
-mod pg;
 
 use std::path::PathBuf;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use api::Request;
-use layout::Layout;
+use pgbranch::api::Request;
+use pgbranch::layout::Layout;
+use pgbranch::{client, daemon, demo, output};
 
 #[derive(Parser)]
 #[command(name = "pgbranch", version, about = "Instant, writable, copy-on-write branches of PostgreSQL data directories")]

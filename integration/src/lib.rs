@@ -1,1 +1,262 @@
+//! Test harness: a throwaway store served by the real `pgbranch` binary, and stock
+//! postgres servers on its branches. Everything started here is stopped by pid and
+//! every mount is detached when the values are dropped, on success and on panic.
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub use pgbranch::pg::{self, Owner, PgBin, Server};
+use serde_json::Value;
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+/// The `pgbranch` binary under test: $PGBRANCH_BIN, else the release build, else debug.
+pub fn pgbranch_bin() -> PathBuf {
+    if let Some(p) = std::env::var_os("PGBRANCH_BIN") {
+        return PathBuf::from(p);
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().join("target");
+    for profile in ["release", "debug"] {
+        let p = root.join(profile).join("pgbranch");
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("pgbranch binary not built: run `cargo build --release -p pgbranch` (or set PGBRANCH_BIN)");
+}
+
+/// Detaches every mount below `dir` (left by a killed daemon or a failed test).
+pub fn detach_mounts_under(dir: &Path) {
+    let prefix = dir.to_string_lossy().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for line in mounts.lines() {
+        if let Some(mp) = line.split(' ').nth(1) {
+            if mp.starts_with(&prefix) {
+                let c = std::ffi::CString::new(mp).unwrap();
+                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            }
+        }
+    }
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    exists && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
+}
+
+pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
+    let t = Instant::now();
+    while t.elapsed() < timeout {
+        if !pid_alive(pid) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// Kills a process and every descendant of it, by pid.
+pub fn kill_tree(pid: i32) {
+    let mut children = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|v| v.parse::<i32>().ok());
+            if ppid == Some(pid) {
+                children.push(p);
+            }
+        }
+    }
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    for c in children {
+        kill_tree(c);
+    }
+}
+
+pub struct TestStore {
+    pub dir: PathBuf,
+    bin: PathBuf,
+}
+
+impl TestStore {
+    pub fn new(tag: &str) -> TestStore {
+        let dir = std::env::temp_dir().join(format!(
+            "pgbranch-test-{tag}-{}-{}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        detach_mounts_under(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        TestStore { dir, bin: pgbranch_bin() }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--store").arg(&self.dir).stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command().args(args).output().expect("running pgbranch")
+    }
+
+    /// Runs a verb that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(
+            out.status.success(),
+            "pgbranch {args:?} failed ({}):\n{}{}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs a verb that must fail; returns its stderr.
+    pub fn fail(&self, args: &[&str]) -> String {
+        let out = self.run(args);
+        assert!(!out.status.success(), "pgbranch {args:?} should have failed:\n{}", String::from_utf8_lossy(&out.stdout));
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut a = args.to_vec();
+        a.push("--json");
+        serde_json::from_str(&self.ok(&a)).expect("--json output parses")
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        PathBuf::from(self.ok(&["branch", "path", name]).trim())
+    }
+
+    pub fn daemon_pid(&self) -> Option<i32> {
+        let pid: i32 = std::fs::read_to_string(self.dir.join("daemon.lock")).ok()?.trim().parse().ok()?;
+        pid_alive(pid).then_some(pid)
+    }
+
+    /// kill -9 the daemon, as a crash would.
+    pub fn kill_daemon(&self) {
+        if let Some(pid) = self.daemon_pid() {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            assert!(wait_gone(pid, Duration::from_secs(10)), "daemon {pid} did not die");
+        }
+    }
+
+    /// A socket directory for a server on branch `name`, owned by the postgres user.
+    pub fn socket_dir(&self, name: &str) -> PathBuf {
+        self.dir.join("run").join(name)
+    }
+
+    /// Creates an empty branch, runs initdb --data-checksums on it and starts postgres.
+    pub fn new_cluster(&self, name: &str) -> Server {
+        self.ok(&["branch", "create", name, "--empty"]);
+        let path = self.path(name);
+        let (bin, owner) = pg_env();
+        let mut initdb = owner.command(bin.tool("initdb"));
+        initdb.arg("-D").arg(&path).args(["--data-checksums", "-U", "postgres", "--auth=trust", "--no-instructions", "-E", "UTF8"]);
+        owner.run(&mut initdb, "initdb").unwrap();
+        self.start(name)
+    }
+
+    /// Starts postgres on an existing branch (cut branches are prepared first).
+    pub fn start(&self, name: &str) -> Server {
+        let path = self.path(name);
+        let (bin, owner) = pg_env();
+        std::fs::create_dir_all(self.dir.join("run")).unwrap();
+        Server::start(&bin, &owner, &path, &self.socket_dir(name), pg::free_port().unwrap()).unwrap()
+    }
+
+    /// Cuts branch `name` from `from` and starts it as its own server.
+    pub fn cut_and_start(&self, name: &str, from: &str) -> Server {
+        self.ok(&["branch", "create", name, "--from", from]);
+        pg::prepare_cut(&self.path(name)).unwrap();
+        self.start(name)
+    }
+}
+
+impl Drop for TestStore {
+    fn drop(&mut self) {
+        let _ = self.command().arg("stop").output();
+        if let Some(pid) = self.daemon_pid() {
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            wait_gone(pid, Duration::from_secs(10));
+        }
+        detach_mounts_under(&self.dir);
+        if std::env::var_os("PGBRANCH_KEEP_TEST_STORE").is_none() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn pg_env() -> (PgBin, Owner) {
+    (PgBin::find(None).expect("postgres binaries"), Owner::for_branches().expect("postgres OS user"))
+}
+
+/// A client process (pgbench, psql) running in the background, killed on drop.
+pub struct Background {
+    pub child: Option<Child>,
+}
+
+impl Background {
+    pub fn spawn(mut cmd: Command) -> Background {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        Background { child: Some(cmd.spawn().expect("spawning a background client")) }
+    }
+
+    pub fn wait(mut self) -> Output {
+        self.child.take().unwrap().wait_with_output().unwrap()
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// pgbench against `server` in the background.
+pub fn pgbench_background(server: &Server, args: &[&str]) -> Background {
+    let mut cmd = server.owner.command(server.bin.tool("pgbench"));
+    cmd.arg("-h").arg(&server.socket_dir).arg("-p").arg(server.port.to_string()).args(args);
+    Background::spawn(cmd)
+}
+
+/// pg_amcheck over every database, heap and indexes; returns its report (empty = clean).
+pub fn amcheck(server: &Server) -> Result<(), String> {
+    let mut cmd = server.owner.command(server.bin.tool("pg_amcheck"));
+    cmd.arg("-h").arg(&server.socket_dir).arg("-p").arg(server.port.to_string()).args([
+        "--all",
+        "--heapallindexed",
+        "--install-missing",
+        "-U",
+        "postgres",
+    ]);
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() && report.trim().is_empty() {
+        Ok(())
+    } else {
+        Err(format!("pg_amcheck ({}): {report}", out.status))
+    }
+}
+
+/// The pgbench invariant: every balance change is recorded exactly once everywhere.
+pub fn pgbench_sums(server: &Server) -> [i64; 4] {
+    let q = "SELECT (SELECT sum(abalance) FROM pgbench_accounts), (SELECT sum(bbalance) FROM pgbench_branches), \
+             (SELECT sum(tbalance) FROM pgbench_tellers), (SELECT coalesce(sum(delta),0) FROM pgbench_history)";
+    let row = server.psql("postgres", q).unwrap();
+    let v: Vec<i64> = row.split('|').map(|x| x.trim().parse().unwrap()).collect();
+    [v[0], v[1], v[2], v[3]]
+}
+
+pub fn assert_pgbench_invariant(server: &Server, what: &str) {
+    let s = pgbench_sums(server);
+    assert!(s[0] == s[1] && s[1] == s[2] && s[2] == s[3], "{what}: pgbench balances disagree: accounts, branches, tellers, history = {s:?}");
+}

@@ -1,0 +1,10 @@
+//! The `pgbranch` binary's parts, as a library so integration tests and benchmarks
+//! drive postgres exactly the way the CLI does.
+
+pub mod api;
+pub mod client;
+pub mod daemon;
+pub mod demo;
+pub mod layout;
+pub mod output;
+pub mod pg;
