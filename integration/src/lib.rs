@@ -46,10 +46,12 @@ pub fn pid_alive(pid: i32) -> bool {
     exists && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
 }
 
+/// Waits until `pid` is dead and reaped: postgres treats a zombie postmaster named in
+/// postmaster.pid as still running.
 pub fn wait_gone(pid: i32, timeout: Duration) -> bool {
     let t = Instant::now();
     while t.elapsed() < timeout {
-        if !pid_alive(pid) {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
             return true;
         }
         std::thread::sleep(Duration::from_millis(20));
