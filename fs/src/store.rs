@@ -19,6 +19,9 @@ use crate::pack::{self, ActivePack, Location};
 
 const OBJECTS: TableDefinition<[u8; 32], (u32, u64, u32)> = TableDefinition::new("objects");
 
+/// Memory redb may use to cache index pages.
+const INDEX_CACHE_BYTES: usize = 32 << 20;
+
 /// Start a new pack once the active one passes this size.
 const PACK_TARGET_BYTES: u64 = 256 << 20;
 
@@ -83,7 +86,11 @@ impl LocalStore {
     pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
         let packs_dir = dir.join("packs");
         std::fs::create_dir_all(&packs_dir)?;
-        let index = Database::create(dir.join("index.redb")).map_err(StoreError::index)?;
+        // redb caches up to 1 GiB by default; the index is hot only in small part.
+        let index = redb::Builder::new()
+            .set_cache_size(INDEX_CACHE_BYTES)
+            .create(dir.join("index.redb"))
+            .map_err(StoreError::index)?;
         {
             let txn = index.begin_write().map_err(StoreError::index)?;
             txn.open_table(OBJECTS).map_err(StoreError::index)?;

@@ -18,9 +18,12 @@ pub struct Mounted {
     path: std::path::PathBuf,
 }
 
-/// FUSE worker threads per mount: enough for postgres' backends, checkpointer and
-/// WAL writer to have requests in flight while an fsync waits on the disk.
+/// FUSE worker threads per writable mount: enough for postgres' backends,
+/// checkpointer and WAL writer to have requests in flight while an fsync waits on the
+/// disk. Each thread owns a request buffer as large as the biggest write it receives.
 const THREADS_PER_MOUNT: usize = 8;
+/// Read-only snapshots are read rarely and never wait on fsync.
+const THREADS_PER_SNAPSHOT: usize = 2;
 
 pub fn mount(branch: Arc<Branch>, path: &Path, signal: Arc<CommitSignal>, space_path: &Path) -> io::Result<Mounted> {
     let read_only = branch.read_only();
@@ -36,7 +39,7 @@ pub fn mount(branch: Arc<Branch>, path: &Path, signal: Arc<CommitSignal>, space_
     let mut config = Config::default();
     config.mount_options = options;
     config.acl = SessionACL::All;
-    config.n_threads = Some(THREADS_PER_MOUNT);
+    config.n_threads = Some(if read_only { THREADS_PER_SNAPSHOT } else { THREADS_PER_MOUNT });
     config.clone_fd = true;
     let fs = BranchFs::new(branch, signal, space_path);
     let session = fuser::Session::new(fs, path, &config)?.spawn()?;
