@@ -146,6 +146,25 @@ impl BranchFs {
         }
     }
 
+    /// Changing a regular file's owner or group clears its set-user-id bit, and its
+    /// set-group-id bit when group-executable (as Linux does, root included).
+    fn mode_after_chown(&self, ino: u64, uid: Option<u32>, gid: Option<u32>) -> Option<u32> {
+        if uid.is_none() && gid.is_none() {
+            return None;
+        }
+        let tree = self.branch.tree();
+        let a = &tree.inode(ino).ok()?.attr;
+        if a.mode & libc::S_IFMT != libc::S_IFREG {
+            return None;
+        }
+        let mut mode = a.mode & 0o7777;
+        mode &= !libc::S_ISUID;
+        if mode & libc::S_IXGRP != 0 {
+            mode &= !libc::S_ISGID;
+        }
+        (mode != a.mode & 0o7777).then_some(mode)
+    }
+
     fn listing(&self, ino: u64) -> FsResult<DirListing> {
         let tree = self.branch.tree();
         let Content::Dir { parent, entries } = &tree.inode(ino)?.content else { return Err(Errno(libc::ENOTDIR)) };
@@ -167,7 +186,11 @@ fn setattr_op(tree: &Tree, ino: u64, set: SetAttr) -> FsResult<(Op, ())> {
 
 impl Filesystem for BranchFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        // HANDLE_KILLPRIV_V2 makes us clear set-id bits on write/chown (we do), and lets
+        // the kernel mark the superblock NOSEC: otherwise every write() syscall costs a
+        // getxattr("security.capability") round trip.
         let wanted = InitFlags::FUSE_WRITEBACK_CACHE
+            | InitFlags::FUSE_HANDLE_KILLPRIV_V2
             | InitFlags::FUSE_PARALLEL_DIROPS
             | InitFlags::FUSE_BIG_WRITES
             | InitFlags::FUSE_ASYNC_READ
@@ -211,6 +234,7 @@ impl Filesystem for BranchFs {
         reply: ReplyAttr,
     ) {
         let now = Time::now();
+        let mode = mode.or_else(|| self.mode_after_chown(ino.0, uid, gid));
         let set = SetAttr {
             mode,
             uid,
