@@ -204,7 +204,7 @@ impl Filesystem for BranchFs {
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        let ino = self.branch.tree().lookup(parent.0, name.as_bytes());
+        let ino = name_bytes(name).and_then(|name| self.branch.tree().lookup(parent.0, &name));
         self.reply_entry(ino, reply);
     }
 
