@@ -75,7 +75,8 @@ pub trait ObjectStore: Send + Sync {
 /// Pack files plus a redb index, in one local directory.
 pub struct LocalStore {
     dir: PathBuf,
-    index: Database,
+    /// Write-locked only by GC, to compact the file after removing entries.
+    index: RwLock<Database>,
     active: Mutex<ActivePack>,
     /// Objects appended since the last flush: visible to readers, not yet indexed.
     pending: RwLock<HashMap<Hash, Location>>,
@@ -96,13 +97,14 @@ impl LocalStore {
             txn.open_table(OBJECTS).map_err(StoreError::index)?;
             txn.commit().map_err(StoreError::index)?;
         }
+
         let last = pack::list_packs(&packs_dir)?.last().copied().unwrap_or(0);
         // Always start a fresh pack: anything past the last flush in the previous one is
         // unindexed garbage from a crash, reclaimed by the next GC.
         let active = ActivePack::open(&packs_dir, last + 1)?;
         Ok(LocalStore {
             dir: packs_dir,
-            index,
+            index: RwLock::new(index),
             active: Mutex::new(active),
             pending: RwLock::new(HashMap::new()),
             readers: RwLock::new(HashMap::new()),
@@ -113,7 +115,7 @@ impl LocalStore {
         if let Some(loc) = self.pending.read().get(hash) {
             return Ok(Some(*loc));
         }
-        let txn = self.index.begin_read().map_err(StoreError::index)?;
+        let txn = self.index.read().begin_read().map_err(StoreError::index)?;
         let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
         let found = table.get(hash.0).map_err(StoreError::index)?;
         Ok(found.map(|v| {
@@ -148,7 +150,7 @@ impl LocalStore {
     }
 
     fn index_pending(&self, entries: &[(Hash, Location)], removed: &[Hash]) -> Result<(), StoreError> {
-        let txn = self.index.begin_write().map_err(StoreError::index)?;
+        let txn = self.index.read().begin_write().map_err(StoreError::index)?;
         {
             let mut table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
             for (h, loc) in entries {
@@ -218,14 +220,14 @@ impl ObjectStore for LocalStore {
     }
 
     fn object_count(&self) -> Result<u64, StoreError> {
-        let txn = self.index.begin_read().map_err(StoreError::index)?;
+        let txn = self.index.read().begin_read().map_err(StoreError::index)?;
         let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
         Ok(table.len().map_err(StoreError::index)? + self.pending.read().len() as u64)
     }
 
     fn all_objects(&self) -> Result<Vec<Hash>, StoreError> {
         self.flush()?;
-        let txn = self.index.begin_read().map_err(StoreError::index)?;
+        let txn = self.index.read().begin_read().map_err(StoreError::index)?;
         let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
         let mut out = Vec::new();
         for item in table.iter().map_err(StoreError::index)? {
@@ -243,7 +245,7 @@ impl ObjectStore for LocalStore {
         let next = active.number + 1;
         *active = ActivePack::open(&self.dir, next)?;
         let indexed: HashMap<Hash, Location> = {
-            let txn = self.index.begin_read().map_err(StoreError::index)?;
+            let txn = self.index.read().begin_read().map_err(StoreError::index)?;
             let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
             let mut m = HashMap::new();
             for item in table.iter().map_err(StoreError::index)? {
@@ -283,8 +285,16 @@ impl ObjectStore for LocalStore {
         }
         self.index_pending(&[], &dead)?;
         std::fs::File::open(&self.dir)?.sync_all()?;
-        drop(active);
         // redb keeps freed pages for reuse; compaction returns them to the file system.
+        // A read that began before we took the lock makes compaction wait its turn.
+        for attempt in 0..50 {
+            match self.index.write().compact() {
+                Ok(_) => break,
+                Err(e) if attempt == 49 => tracing::warn!("index compaction skipped: {e}"),
+                Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            }
+        }
+        drop(active);
         stats.bytes_after = self.physical_bytes()?;
         Ok(stats)
     }
