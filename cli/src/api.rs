@@ -9,7 +9,24 @@ pub enum Request {
     Status,
     List,
     Path { name: String },
-    CreateBranch { name: String, from: Option<String> },
+    CreateBranch {
+        name: String,
+        from: Option<String>,
+        #[serde(default)]
+        start: bool,
+        #[serde(default)]
+        ttl_secs: Option<u64>,
+        #[serde(default)]
+        protect: bool,
+    },
+    BranchStart { name: String },
+    BranchStop { name: String },
+    BranchUrl { name: String },
+    BranchReset { name: String },
+    Protect { name: String, protect: bool },
+    /// Records the follower after the CLI base-backed-up into `main`, and starts it.
+    FollowRegister { source_url: String, slot: String, pg_bin: String },
+    FollowStop { drop_slot: bool },
     CreateSnapshot { name: String, from: String },
     Delete { name: String, snapshot: bool },
     Du,

@@ -3,8 +3,9 @@
 
 pub mod api;
 pub mod client;
+pub mod clone;
 pub mod daemon;
 pub mod demo;
 pub mod layout;
 pub mod output;
-pub mod pg;
+pub use pgbranch_replicator::pg;

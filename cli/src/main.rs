@@ -33,6 +33,9 @@ enum Command {
     /// Create and delete read-only snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
+    /// Follow a source database into `main` by physical replication.
+    #[command(subcommand)]
+    Clone(CloneCmd),
     /// Storage per branch: logical, unique and shared bytes; store size and ratios.
     Du {
         #[arg(long)]
@@ -55,10 +58,13 @@ enum Command {
     },
     /// Stop the daemon: commit everything, unmount every branch.
     Stop,
-    /// Make a database on a branch, fill it with pgbench data, branch it, change the
-    /// branch and show that both hold what they should.
+    /// The main job: follow a source (a throwaway local one with pgbench data when no
+    /// --source-url is given), cut a branch, query it, print its URL.
     Demo {
-        /// pgbench scale factor for the demo database.
+        /// Follow this source instead of a throwaway one.
+        #[arg(long, value_name = "URL")]
+        source_url: Option<String>,
+        /// pgbench scale factor for the throwaway source.
         #[arg(long, default_value_t = 10)]
         scale: u32,
         /// Directory holding postgres binaries (initdb, postgres, pgbench, psql).
@@ -69,15 +75,25 @@ enum Command {
 
 #[derive(Subcommand)]
 enum BranchCmd {
-    /// Create a branch: empty, or from the current state of another branch or snapshot.
+    /// Create a branch from `main` (default), another branch or snapshot, or empty; a
+    /// branch cut from a database starts as its own read-write postgres.
     Create {
         name: String,
-        /// Start from an empty directory.
+        /// Start from an empty directory (no postgres is started).
         #[arg(long, conflicts_with = "from")]
         empty: bool,
         /// Branch or snapshot to start from (atomic, even while it is written to).
         #[arg(long, value_name = "BRANCH")]
         from: Option<String>,
+        /// Do not start postgres on the new branch.
+        #[arg(long)]
+        no_start: bool,
+        /// Delete the branch when this time is up (e.g. 30m, 8h, 2d).
+        #[arg(long, value_name = "DURATION")]
+        ttl: Option<String>,
+        /// Refuse deletion until `branch unprotect`.
+        #[arg(long)]
+        protect: bool,
     },
     /// List branches and snapshots.
     List {
@@ -86,8 +102,41 @@ enum BranchCmd {
     },
     /// Print the directory of a branch (a PGDATA directory usable by any tool).
     Path { name: String },
-    /// Delete a branch (refused while anything uses its directory).
+    /// Print a postgresql:// URL for the branch's server (loopback, its own password).
+    Url { name: String },
+    /// Start postgres on a branch.
+    Start { name: String },
+    /// Stop postgres on a branch.
+    Stop { name: String },
+    /// Repoint a branch at a fresh snapshot of its parent; same port and password.
+    Reset { name: String },
+    /// Delete a branch (stops its postgres; refused while anything else uses it).
     Delete { name: String },
+    /// Refuse deletion of a branch until `branch unprotect`.
+    Protect { name: String },
+    /// Allow deletion again.
+    Unprotect { name: String },
+}
+
+#[derive(Subcommand)]
+enum CloneCmd {
+    /// Follow a source postgres: check it, copy it into `main`, keep main streaming.
+    Stream {
+        /// postgresql:// URL of the source (a user with REPLICATION).
+        #[arg(long, value_name = "URL")]
+        source_url: String,
+        /// Physical replication slot to create on the source.
+        #[arg(long, default_value = pgbranch::clone::DEFAULT_SLOT)]
+        slot: String,
+        /// Directory of postgres binaries of the source's major version.
+        #[arg(long, value_name = "DIR")]
+        pg_bin: Option<PathBuf>,
+    },
+    /// Stop following: stop main's standby; optionally drop the slot on the source.
+    Stop {
+        #[arg(long)]
+        drop_slot: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -124,11 +173,11 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Daemon => daemon::run(layout),
         Command::Branch(cmd) => match cmd {
-            BranchCmd::Create { name, empty, from } => {
-                if !empty && from.is_none() {
-                    anyhow::bail!("say where the branch starts: --empty, or --from BRANCH");
-                }
-                let data = client::call(&layout, &Request::CreateBranch { name, from })?;
+            BranchCmd::Create { name, empty, from, no_start, ttl, protect } => {
+                let from = if empty { None } else { Some(from.unwrap_or_else(|| daemon::MAIN.to_string())) };
+                let ttl_secs = ttl.as_deref().map(pgbranch::clone::parse_duration).transpose()?;
+                let req = Request::CreateBranch { name, from, start: !no_start, ttl_secs, protect };
+                let data = client::call(&layout, &req)?;
                 output::created(&data);
                 Ok(())
             }
@@ -136,6 +185,37 @@ fn run(cli: Cli) -> Result<()> {
             BranchCmd::Path { name } => {
                 let data = client::call(&layout, &Request::Path { name })?;
                 println!("{}", data["path"].as_str().unwrap_or_default());
+                Ok(())
+            }
+            BranchCmd::Url { name } => {
+                println!("{}", client::call(&layout, &Request::BranchUrl { name })?["url"].as_str().unwrap_or_default());
+                Ok(())
+            }
+            BranchCmd::Start { name } => {
+                println!("{}", client::call(&layout, &Request::BranchStart { name })?["url"].as_str().unwrap_or_default());
+                Ok(())
+            }
+            BranchCmd::Stop { name } => {
+                client::call(&layout, &Request::BranchStop { name: name.clone() })?;
+                println!("stopped postgres on {name}");
+                Ok(())
+            }
+            BranchCmd::Reset { name } => {
+                let data = client::call(&layout, &Request::BranchReset { name: name.clone() })?;
+                println!("reset {name} to a fresh snapshot of {}", data["parent"].as_str().unwrap_or("its parent"));
+                if let Some(url) = data["url"].as_str() {
+                    println!("{url}");
+                }
+                Ok(())
+            }
+            BranchCmd::Protect { name } => {
+                client::call(&layout, &Request::Protect { name: name.clone(), protect: true })?;
+                println!("branch {name} is protected");
+                Ok(())
+            }
+            BranchCmd::Unprotect { name } => {
+                client::call(&layout, &Request::Protect { name: name.clone(), protect: false })?;
+                println!("branch {name} is no longer protected");
                 Ok(())
             }
             BranchCmd::Delete { name } => {
@@ -156,6 +236,19 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Clone(cmd) => match cmd {
+            CloneCmd::Stream { source_url, slot, pg_bin } => {
+                let url = pgbranch::clone::stream(&layout, &source_url, &slot, pg_bin, false)?;
+                println!("main is a hot standby of the source, streaming from slot '{slot}'");
+                println!("{url}");
+                Ok(())
+            }
+            CloneCmd::Stop { drop_slot } => {
+                let data = client::call(&layout, &Request::FollowStop { drop_slot })?;
+                println!("follower stopped{}", if data["slot_dropped"] == true { "; slot dropped on the source" } else { "" });
+                Ok(())
+            }
+        },
         Command::Du { json } => output::du(&client::call(&layout, &Request::Du)?, json),
         Command::Gc { json } => output::gc(&client::call(&layout, &Request::Gc)?, json),
         Command::Verify { json } => output::verify(&client::call(&layout, &Request::Verify)?, json),
@@ -170,6 +263,6 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Demo { scale, pg_bin } => demo::run(&layout, scale, pg_bin),
+        Command::Demo { source_url, scale, pg_bin } => demo::run(&layout, source_url, scale, pg_bin),
     }
 }

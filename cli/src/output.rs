@@ -21,6 +21,9 @@ fn json_out(v: &Value) -> Result<()> {
 
 pub fn created(data: &Value) {
     println!("{}", data["path"].as_str().unwrap_or_default());
+    if let Some(url) = data["url"].as_str() {
+        println!("{url}");
+    }
 }
 
 pub fn list(data: &Value, json: bool) -> Result<()> {
@@ -109,14 +112,36 @@ pub fn status(data: &Value, json: bool) -> Result<()> {
     println!("store:     {}", data["store"].as_str().unwrap_or(""));
     println!("size:      {} in {} objects", bytes(data["physical_bytes"].as_u64().unwrap_or(0)), data["objects"]);
     println!("memory:    {} (peak {})", bytes(data["rss_bytes"].as_u64().unwrap_or(0)), bytes(data["peak_rss_bytes"].as_u64().unwrap_or(0)));
+    let f = &data["follower"];
+    if f.is_null() {
+        println!("follower:  none (see `pgbranch clone stream`)");
+    } else {
+        println!("follower:  {} from {} (slot {})", f["state"].as_str().unwrap_or("?"), f["source"].as_str().unwrap_or(""), f["slot"].as_str().unwrap_or(""));
+        if let Some(lag) = f["lag_bytes"].as_u64() {
+            println!(
+                "lag:       {} ({:.2} s); source at {}, main replayed {}",
+                bytes(lag),
+                f["lag_seconds"].as_f64().unwrap_or(0.0),
+                f["source_lsn"].as_str().unwrap_or(""),
+                f["replay_lsn"].as_str().unwrap_or("")
+            );
+        }
+        if let Some(e) = f["error"].as_str() {
+            println!("lag:       unknown ({e})");
+        }
+    }
     let branches = data["branches"].as_array().cloned().unwrap_or_default();
     println!("branches:  {}", branches.len());
     for b in branches {
+        let server = match (b["running"].as_bool(), b["port"].as_u64()) {
+            (Some(true), Some(p)) => format!("postgres on :{p}"),
+            _ => "-".to_string(),
+        };
         println!(
-            "  {:<22} {:<9} {} {}",
+            "  {:<22} {:<9} {:<18} {}",
             b["name"].as_str().unwrap_or(""),
             b["kind"].as_str().unwrap_or(""),
-            if b["mounted"].as_bool() == Some(true) { "mounted" } else { "not mounted" },
+            server,
             b["path"].as_str().unwrap_or("")
         );
     }

@@ -1,36 +1,57 @@
 //! What the daemon does for each control request.
 
+use std::path::PathBuf;
+
 use anyhow::{bail, Context, Result};
 use pgbranch_fs::catalog::Kind;
+use pgbranch_replicator::follower;
+use pgbranch_replicator::pg::{self, PgBin};
+use pgbranch_replicator::source::Source;
 use serde_json::{json, Value};
 
+use super::servers::{new_spec, FollowerConfig, Policy};
 use super::Daemon;
 use crate::api::Request;
 
-fn rss_bytes() -> u64 {
+/// The branch a follower keeps in sync, and the default parent of new branches.
+pub const MAIN: &str = "main";
+
+fn proc_status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
 
-fn peak_rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
+fn now_unix() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
+}
+
+/// A source URL with its password hidden, for display.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
 }
 
 impl Daemon {
     fn list(&self) -> Result<Value> {
         let mounts = self.mounts.lock();
+        let ports = self.servers.running_ports();
+        let state = self.servers.state.lock();
         let mut out = Vec::new();
         for rec in self.repo.records()? {
             let branch = self.repo.get(&rec.name)?;
+            let policy = state.policies.get(&rec.name).cloned().unwrap_or_default();
             out.push(json!({
                 "name": rec.name,
                 "kind": rec.kind.as_str(),
@@ -42,9 +63,187 @@ impl Daemon {
                 "head": rec.root.to_hex(),
                 "open_handles": branch.open_handles(),
                 "dirty_bytes": branch.dirty_blocks() * 8192,
+                "running": ports.contains_key(&rec.name),
+                "port": state.servers.get(&rec.name).map(|s| s.port),
+                "expires_unix": policy.expires_unix,
+                "protected": policy.protected,
             }));
         }
         Ok(Value::Array(out))
+    }
+
+    fn follower_status(&self) -> Value {
+        let Some(f) = self.servers.state.lock().follower.clone() else { return Value::Null };
+        let mut v = json!({
+            "source": redact(&f.source_url),
+            "slot": f.slot,
+            "state": if f.stopped { "stopped" } else if self.servers.is_running(MAIN) { "streaming" } else { "starting" },
+        });
+        if let (false, Some(server), Ok(source)) = (f.stopped, self.servers.server(MAIN), Source::parse(&f.source_url)) {
+            match follower::measure(&source, &server) {
+                Ok(lag) => {
+                    v["source_lsn"] = json!(lag.source_lsn);
+                    v["replay_lsn"] = json!(lag.replay_lsn);
+                    v["lag_bytes"] = json!(lag.bytes);
+                    v["lag_seconds"] = json!(lag.seconds);
+                }
+                Err(e) => v["error"] = json!(e.to_string()),
+            }
+        }
+        v
+    }
+
+    /// Where a new server's role, database and binaries come from: its parent's server,
+    /// else the follower's source, else the local defaults.
+    fn server_defaults(&self, parent: Option<&str>) -> Result<(String, String, PgBin)> {
+        if let Some(spec) = parent.and_then(|p| self.servers.spec(p)) {
+            return Ok((spec.user, spec.dbname, PgBin(spec.pg_bin)));
+        }
+        if let Some(f) = self.servers.state.lock().follower.clone() {
+            return Ok((f.user, f.dbname, PgBin(f.pg_bin)));
+        }
+        Ok(("postgres".into(), "postgres".into(), PgBin::find(None)?))
+    }
+
+    /// Starts postgres on a cut branch as an independent primary with its own password.
+    fn start_independent(&self, name: &str, parent: Option<&str>) -> Result<()> {
+        let path = self.layout.mount_point(name);
+        if !path.join("PG_VERSION").exists() {
+            bail!("branch {name} holds no postgres data directory (no PG_VERSION); initdb it first");
+        }
+        pg::configure_independent(&path).with_context(|| format!("preparing branch {name}"))?;
+        if self.servers.spec(name).is_none() {
+            let (user, dbname, bin) = self.server_defaults(parent)?;
+            let spec = new_spec(&user, &dbname, &bin, false)?;
+            self.servers.state.lock().servers.insert(name.to_string(), spec);
+        }
+        self.servers.start(name, &path)?;
+        let server = self.servers.server(name).unwrap();
+        if path.join("standby.signal").exists() {
+            server.promote().with_context(|| format!("promoting branch {name}"))?;
+        }
+        let spec = self.servers.spec(name).unwrap();
+        if let Some(password) = &spec.password {
+            let sql = format!("ALTER ROLE CURRENT_USER PASSWORD '{}'", password.replace('\'', "''"));
+            server
+                .psql_as(&spec.user, &spec.dbname, &sql)
+                .with_context(|| format!("setting the password of role {} on branch {name}", spec.user))?;
+        }
+        Ok(())
+    }
+
+    fn create_branch(&self, name: &str, from: Option<String>, start: bool, ttl: Option<u64>, protect: bool) -> Result<Value> {
+        match &from {
+            Some(src) => self.repo.create_from(name, src, Kind::Branch)?,
+            None => self.repo.create_empty(name, self.owner.0, self.owner.1)?,
+        };
+        if let Err(e) = self.mount(name) {
+            self.repo.delete(name).ok();
+            return Err(e);
+        }
+        let policy = Policy { expires_unix: ttl.map(|t| now_unix() + t as i64), protected: protect };
+        self.servers.state.lock().policies.insert(name.to_string(), policy);
+        self.servers.save()?;
+        let mut out = json!({ "name": name, "path": self.layout.mount_point(name) });
+        if start && from.is_some() {
+            if let Err(e) = self.start_independent(name, from.as_deref()) {
+                // Leave nothing half-made behind.
+                let _ = self.servers.forget(name);
+                let _ = self.unmount(name);
+                let _ = self.repo.delete(name);
+                return Err(e);
+            }
+            out["url"] = json!(self.servers.url(name)?);
+        }
+        Ok(out)
+    }
+
+    pub(super) fn delete_branch(&self, name: &str, snapshot: bool) -> Result<Value> {
+        let rec = self.repo.record(name)?;
+        match (rec.kind, snapshot) {
+            (Kind::Snapshot, false) => bail!("'{name}' is a snapshot; delete it with `pgbranch snapshot delete {name}`"),
+            (Kind::Branch, true) => bail!("'{name}' is a branch; delete it with `pgbranch branch delete {name}`"),
+            _ => {}
+        }
+        if self.servers.state.lock().policies.get(name).is_some_and(|p| p.protected) {
+            bail!("branch {name} is protected; run `pgbranch branch unprotect {name}` first");
+        }
+        if name == MAIN && self.servers.state.lock().follower.as_ref().is_some_and(|f| !f.stopped) {
+            bail!("branch main is kept in sync by the follower; run `pgbranch clone stop` first");
+        }
+        self.servers.stop(name, false)?;
+        self.unmount(name)?;
+        self.repo.delete(name).with_context(|| format!("deleting {name}"))?;
+        self.servers.forget(name)?;
+        Ok(json!({ "deleted": name }))
+    }
+
+    fn reset_branch(&self, name: &str) -> Result<Value> {
+        let rec = self.repo.record(name)?;
+        let parent = rec.parent.clone().with_context(|| format!("branch {name} has no parent to reset from"))?;
+        if rec.kind != Kind::Branch {
+            bail!("'{name}' is a snapshot; only branches can be reset");
+        }
+        let was_running = self.servers.is_running(name);
+        self.servers.stop(name, false)?;
+        self.unmount(name)?;
+        self.repo.delete(name)?;
+        self.repo.create_from(name, &parent, Kind::Branch)?;
+        self.mount(name)?;
+        if was_running || self.servers.spec(name).is_some() {
+            self.start_independent(name, Some(&parent))?;
+        }
+        Ok(json!({ "name": name, "parent": parent, "url": self.servers.url(name).ok() }))
+    }
+
+    fn follow_register(&self, source_url: String, slot: String, pg_bin: String) -> Result<Value> {
+        let source = Source::parse(&source_url)?;
+        let bin = PgBin(PathBuf::from(&pg_bin));
+        let path = self.layout.mount_point(MAIN);
+        pg::configure_access(&path)?;
+        let spec = new_spec(&source.user, &source.dbname, &bin, true)?;
+        {
+            let mut st = self.servers.state.lock();
+            st.servers.insert(MAIN.to_string(), spec);
+            st.follower = Some(FollowerConfig { source_url, slot, pg_bin: pg_bin.into(), user: source.user.clone(), dbname: source.dbname.clone(), stopped: false });
+        }
+        self.servers.save()?;
+        self.servers.start(MAIN, &path)?;
+        Ok(json!({ "url": self.servers.url(MAIN)? }))
+    }
+
+    fn follow_stop(&self, drop_slot: bool) -> Result<Value> {
+        let Some(f) = self.servers.state.lock().follower.clone() else { bail!("no follower is configured (see `pgbranch clone stream`)") };
+        self.servers.stop(MAIN, false)?;
+        let mut dropped = false;
+        if drop_slot {
+            dropped = Source::parse(&f.source_url)?.drop_slot(&f.slot)?;
+        }
+        if let Some(f) = self.servers.state.lock().follower.as_mut() {
+            f.stopped = true;
+        }
+        self.servers.save()?;
+        Ok(json!({ "stopped": true, "slot_dropped": dropped }))
+    }
+
+    /// Deletes branches whose --ttl has passed (protected ones are kept, with a warning).
+    pub(super) fn expire_branches(&self) {
+        let now = now_unix();
+        let due: Vec<String> = self
+            .servers
+            .state
+            .lock()
+            .policies
+            .iter()
+            .filter(|(_, p)| p.expires_unix.is_some_and(|t| t <= now) && !p.protected)
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in due {
+            match self.delete_branch(&name, false) {
+                Ok(_) => tracing::info!("branch {name} expired and was deleted"),
+                Err(e) => tracing::warn!("branch {name} expired but could not be deleted: {e:#}"),
+            }
+        }
     }
 
     pub(super) fn handle(&self, req: Request) -> Result<Value> {
@@ -54,10 +253,11 @@ impl Daemon {
                 "store": self.layout.root,
                 "uptime_secs": self.started.elapsed().as_secs(),
                 "branch_owner_uid": self.owner.0,
-                "rss_bytes": rss_bytes(),
-                "peak_rss_bytes": peak_rss_bytes(),
+                "rss_bytes": proc_status_bytes("VmRSS:"),
+                "peak_rss_bytes": proc_status_bytes("VmHWM:"),
                 "physical_bytes": pgbranch_fs::store::ObjectStore::physical_bytes(self.repo.store().as_ref())?,
                 "objects": pgbranch_fs::store::ObjectStore::object_count(self.repo.store().as_ref())?,
+                "follower": self.follower_status(),
                 "branches": self.list()?,
             })),
             Request::List => self.list(),
@@ -65,16 +265,8 @@ impl Daemon {
                 self.repo.get(&name)?;
                 Ok(json!({ "path": self.layout.mount_point(&name) }))
             }
-            Request::CreateBranch { name, from } => {
-                match from {
-                    Some(src) => self.repo.create_from(&name, &src, Kind::Branch)?,
-                    None => self.repo.create_empty(&name, self.owner.0, self.owner.1)?,
-                };
-                if let Err(e) = self.mount(&name) {
-                    self.repo.delete(&name).ok();
-                    return Err(e);
-                }
-                Ok(json!({ "name": name, "path": self.layout.mount_point(&name) }))
+            Request::CreateBranch { name, from, start, ttl_secs, protect } => {
+                self.create_branch(&name, from, start, ttl_secs, protect)
             }
             Request::CreateSnapshot { name, from } => {
                 let started = std::time::Instant::now();
@@ -86,17 +278,35 @@ impl Daemon {
                 }
                 Ok(json!({ "name": name, "path": self.layout.mount_point(&name), "create_micros": took.as_micros() as u64 }))
             }
-            Request::Delete { name, snapshot } => {
-                let rec = self.repo.record(&name)?;
-                match (rec.kind, snapshot) {
-                    (Kind::Snapshot, false) => bail!("'{name}' is a snapshot; delete it with `pgbranch snapshot delete {name}`"),
-                    (Kind::Branch, true) => bail!("'{name}' is a branch; delete it with `pgbranch branch delete {name}`"),
-                    _ => {}
+            Request::Delete { name, snapshot } => self.delete_branch(&name, snapshot),
+            Request::BranchStart { name } => {
+                self.repo.get(&name)?;
+                if name == MAIN && self.servers.state.lock().follower.is_some() {
+                    self.servers.start(MAIN, &self.layout.mount_point(MAIN))?;
+                } else {
+                    let parent = self.repo.record(&name)?.parent;
+                    self.start_independent(&name, parent.as_deref())?;
                 }
-                self.unmount(&name)?;
-                self.repo.delete(&name).with_context(|| format!("deleting {name}"))?;
-                Ok(json!({ "deleted": name }))
+                Ok(json!({ "url": self.servers.url(&name)? }))
             }
+            Request::BranchStop { name } => {
+                self.repo.get(&name)?;
+                self.servers.stop(&name, false)?;
+                Ok(json!({ "stopped": name }))
+            }
+            Request::BranchUrl { name } => {
+                self.repo.get(&name)?;
+                Ok(json!({ "url": self.servers.url(&name)?, "running": self.servers.is_running(&name) }))
+            }
+            Request::BranchReset { name } => self.reset_branch(&name),
+            Request::Protect { name, protect } => {
+                self.repo.get(&name)?;
+                self.servers.state.lock().policies.entry(name.clone()).or_default().protected = protect;
+                self.servers.save()?;
+                Ok(json!({ "name": name, "protected": protect }))
+            }
+            Request::FollowRegister { source_url, slot, pg_bin } => self.follow_register(source_url, slot, pg_bin),
+            Request::FollowStop { drop_slot } => self.follow_stop(drop_slot),
             Request::Du => Ok(serde_json::to_value(self.repo.usage()?)?),
             Request::Gc => Ok(serde_json::to_value(self.repo.gc()?)?),
             Request::Verify => Ok(serde_json::to_value(self.repo.verify()?)?),

@@ -2,6 +2,9 @@
 //! answers the CLI over the control socket.
 
 mod handlers;
+pub mod servers;
+
+pub use handlers::MAIN;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -33,6 +36,7 @@ pub struct Daemon {
     pub signal: Arc<CommitSignal>,
     pub started: Instant,
     pub owner: (u32, u32),
+    pub servers: servers::Servers,
     stopping: AtomicBool,
     _lock: std::fs::File,
 }
@@ -78,7 +82,9 @@ impl Daemon {
         let repo = Arc::new(
             Repository::open(&layout.data()).with_context(|| format!("opening the store in {}", layout.root.display()))?,
         );
+        let servers = servers::Servers::open(&layout.data(), &layout.root.join("run"))?;
         let daemon = Arc::new(Daemon {
+            servers,
             layout,
             repo,
             mounts: Mutex::new(BTreeMap::new()),
@@ -93,6 +99,30 @@ impl Daemon {
             daemon.mount(&branch.name)?;
         }
         Ok(daemon)
+    }
+
+    /// Brings back the servers that were running when the last daemon stopped or died.
+    pub fn restore_servers(self: &Arc<Self>) {
+        let d = self.clone();
+        std::thread::spawn(move || {
+            let wanted: Vec<String> =
+                d.servers.state.lock().servers.iter().filter(|(_, s)| s.running).map(|(n, _)| n.clone()).collect();
+            // Orphans first, all at once: each may take a moment to die.
+            for name in &wanted {
+                d.servers.signal_orphan(name);
+            }
+            for name in &wanted {
+                d.servers.kill_orphan(name);
+            }
+            for name in wanted {
+                if d.repo.get(&name).is_err() {
+                    continue;
+                }
+                if let Err(e) = d.servers.start(&name, &d.layout.mount_point(&name)) {
+                    tracing::error!("could not restart postgres on branch {name}: {e:#}");
+                }
+            }
+        });
     }
 
     /// Detaches mounts a dead daemon left behind (they would answer ENOTCONN forever).
@@ -152,6 +182,7 @@ impl Daemon {
             .spawn(move || {
                 while !d.stopping.load(Ordering::Relaxed) {
                     d.signal.wait(COMMIT_INTERVAL);
+                    d.expire_branches();
                     for b in d.repo.branches() {
                         if let Err(e) = d.repo.commit_branch(&b) {
                             tracing::error!("background commit of {} failed: {e}", b.name);
@@ -225,6 +256,7 @@ impl Daemon {
     /// Commits everything and unmounts (lazily, so a stuck client cannot hang us).
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+        self.servers.stop_all();
         if let Err(e) = self.repo.commit_all() {
             tracing::error!("final commit failed: {e}; the intent logs still hold every change");
         }
@@ -256,6 +288,7 @@ pub fn run(layout: Layout) -> Result<()> {
     tune_malloc();
     let daemon = Daemon::start(layout)?;
     daemon.spawn_committer();
+    daemon.restore_servers();
     let d = daemon.clone();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
     std::thread::spawn(move || {

@@ -45,6 +45,49 @@ impl PgBin {
     pub fn tool(&self, name: &str) -> PathBuf {
         self.0.join(name)
     }
+
+    /// The major version of these binaries (`postgres --version`).
+    pub fn major(&self) -> Result<u32> {
+        let out = Command::new(self.tool("postgres")).arg("--version").output().context("running postgres --version")?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace()
+            .find_map(|w| w.split('.').next().and_then(|m| m.parse().ok()).filter(|_| w.contains('.')))
+            .with_context(|| format!("cannot read a version from `postgres --version`: {text}"))
+    }
+
+    /// Binaries of exactly major version `major`: `--pg-bin`, else `$PG_CONFIG`, else
+    /// /usr/lib/postgresql/MAJOR/bin. A mismatch is an error naming both versions.
+    pub fn for_major(flag: Option<PathBuf>, major: u32) -> Result<PgBin> {
+        let candidates: Vec<PgBin> = match flag {
+            Some(dir) => vec![PgBin::find(Some(dir))?],
+            None => {
+                let mut c = Vec::new();
+                if let Some(pg_config) = std::env::var_os("PG_CONFIG") {
+                    if let Ok(out) = Command::new(&pg_config).arg("--bindir").output() {
+                        c.push(PgBin(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())));
+                    }
+                }
+                c.push(PgBin(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))));
+                c
+            }
+        };
+        let mut seen = Vec::new();
+        for bin in candidates {
+            if !bin.tool("postgres").exists() {
+                seen.push(format!("{} (no postgres binary)", bin.0.display()));
+                continue;
+            }
+            match bin.major() {
+                Ok(m) if m == major => return Ok(bin),
+                Ok(m) => seen.push(format!("{} (PostgreSQL {m})", bin.0.display())),
+                Err(e) => seen.push(format!("{} ({e})", bin.0.display())),
+            }
+        }
+        bail!(
+            "the source runs PostgreSQL {major}, but no local PostgreSQL {major} server binaries were found (looked at: {}); install postgresql-{major} or pass --pg-bin DIR",
+            seen.join(", ")
+        )
+    }
 }
 
 /// The OS user postgres runs as: `postgres` when we are root, else ourselves.
@@ -140,7 +183,15 @@ impl Server {
     }
 
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
+        self.psql_as("", db, sql)
+    }
+
+    /// Runs SQL over the private socket as role `user` (empty: the OS user's name).
+    pub fn psql_as(&self, user: &str, db: &str, sql: &str) -> Result<String> {
         let mut cmd = self.owner.command(self.bin.tool("psql"));
+        if !user.is_empty() {
+            cmd.args(["-U", user]);
+        }
         cmd.args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-h"])
             .arg(&self.socket_dir)
             .arg("-p")
@@ -155,6 +206,24 @@ impl Server {
         cmd.arg("-h").arg(&self.socket_dir).arg("-p").arg(self.port.to_string()).args(args);
         let out = self.owner.run(&mut cmd, "pgbench")?;
         Ok(String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr))
+    }
+
+    /// A server we started earlier (pid known), to stop or query it.
+    pub fn adopt(bin: &PgBin, owner: &Owner, data: &Path, socket_dir: &Path, port: u16, pid: Option<i32>) -> Server {
+        Server { bin: bin.clone(), owner: owner.clone(), data: data.to_path_buf(), port, socket_dir: socket_dir.to_path_buf(), pid }
+    }
+
+    /// Ends recovery (a cut of a standby) and waits until the server accepts writes.
+    pub fn promote(&self) -> Result<()> {
+        let mut cmd = self.owner.command(self.bin.tool("pg_ctl"));
+        cmd.arg("promote").arg("-w").arg("-t").arg("60").arg("-D").arg(&self.data);
+        self.owner.run(&mut cmd, "pg_ctl promote")?;
+        Ok(())
+    }
+
+    /// Forgets the server without stopping it.
+    pub fn detach(mut self) -> Option<i32> {
+        self.pid.take()
     }
 
     /// Fast shutdown, then make sure the postmaster pid is gone.
@@ -180,6 +249,61 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.stop();
     }
+}
+
+/// Settings every branch server gets, after whatever the source had: its own
+/// loopback listener and socket (given on the command line), no replication or
+/// archiving towards the source, and cheap WAL file handling on copy-on-write storage.
+const BRANCH_SETTINGS: &str = "
+# --- pgbranch: this copy is an independent server ---
+primary_conninfo = ''
+primary_slot_name = ''
+restore_command = ''
+archive_command = ''
+archive_mode = off
+recovery_target = ''
+recovery_target_lsn = ''
+recovery_target_time = ''
+recovery_target_xid = ''
+recovery_target_name = ''
+wal_init_zero = off
+wal_recycle = off
+hot_standby = on
+";
+
+/// Client authentication of a branch: trust on its private (0700) socket directory,
+/// scram passwords on loopback, nothing else.
+const BRANCH_HBA: &str = "# pgbranch: private socket dir (owner-only) and loopback with a password
+local all all trust
+local replication all trust
+host all all 127.0.0.1/32 scram-sha-256
+";
+
+/// Turns a cut of a running cluster (primary or standby) into an independent server.
+pub fn configure_independent(data: &Path) -> Result<()> {
+    prepare_cut(data)?;
+    let auto = data.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
+    if !text.contains("# --- pgbranch: this copy is an independent server ---") {
+        text.push_str(BRANCH_SETTINGS);
+        std::fs::write(&auto, text).with_context(|| format!("writing {}", auto.display()))?;
+    }
+    configure_access(data)
+}
+
+/// Restricts a server's client authentication to its socket and loopback passwords.
+pub fn configure_access(data: &Path) -> Result<()> {
+    let hba = data.join("pg_hba.conf");
+    std::fs::write(&hba, BRANCH_HBA).with_context(|| format!("writing {}", hba.display()))
+}
+
+/// A random password for a branch's role.
+pub fn generate_password() -> String {
+    use std::io::Read;
+    let mut bytes = [0u8; 18];
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).expect("reading /dev/urandom");
+    const ALPHABET: &[u8] = b"ABCDEFGHJKLMNPQRSTUVWXYZabcdefghijkmnopqrstuvwxyz23456789";
+    bytes.iter().map(|b| ALPHABET[*b as usize % ALPHABET.len()] as char).collect()
 }
 
 /// Makes a crash-consistent copy of a running cluster startable as its own server:

@@ -1,0 +1,80 @@
+//! `pgbranch clone stream` / `clone stop`: the physical follower, from the CLI's side.
+//! The CLI checks the source, makes the initial copy with a progress bar, and hands the
+//! running follower to the daemon, which keeps it streaming across restarts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use pgbranch_replicator::basebackup;
+use pgbranch_replicator::pg::{Owner, PgBin};
+use pgbranch_replicator::source::Source;
+
+use crate::api::Request;
+use crate::client;
+use crate::daemon::MAIN;
+use crate::layout::Layout;
+
+pub const DEFAULT_SLOT: &str = "pgbranch";
+
+/// Checks the source, copies it into `main` and starts following it. Returns main's URL.
+pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<PathBuf>, quiet: bool) -> Result<String> {
+    let source = Source::parse(source_url)?;
+    let info = source.check_physical(slot)?;
+    let bin = PgBin::for_major(pg_bin, info.major)?;
+    let owner = Owner::for_branches()?;
+    if client::call(layout, &Request::Path { name: MAIN.into() }).is_ok() {
+        bail!("branch main already exists; a store follows one source: run `pgbranch clone stop` and `pgbranch branch delete main` first, or use another --store");
+    }
+    let created = client::call(
+        layout,
+        &Request::CreateBranch { name: MAIN.into(), from: None, start: false, ttl_secs: None, protect: false },
+    )?;
+    let path = PathBuf::from(created["path"].as_str().unwrap_or_default());
+
+    let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
+    bar.set_style(
+        ProgressStyle::with_template("copying {bar:32} {bytes}/{total_bytes} {binary_bytes_per_sec} ETA {eta}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.enable_steady_tick(Duration::from_millis(200));
+    let copied = basebackup::run(&bin, &owner, &source, &path, slot, |p| {
+        bar.set_length(p.total_bytes);
+        bar.set_position(p.done_bytes);
+    });
+    if let Err(e) = copied {
+        bar.abandon();
+        // Leave neither a slot on the source nor a half-made main.
+        let _ = source.drop_slot(slot);
+        let _ = client::call(layout, &Request::Delete { name: MAIN.into(), snapshot: false });
+        return Err(e).context("initial copy of the source failed; nothing was left behind");
+    }
+    bar.finish();
+    let started = client::call(
+        layout,
+        &Request::FollowRegister { source_url: source_url.into(), slot: slot.into(), pg_bin: bin.0.display().to_string() },
+    );
+    match started {
+        Ok(v) => Ok(v["url"].as_str().unwrap_or_default().to_string()),
+        Err(e) => {
+            let _ = source.drop_slot(slot);
+            Err(e).context("starting the standby on main failed")
+        }
+    }
+}
+
+/// "8h", "30m", "45s", "2d" -> seconds.
+pub fn parse_duration(text: &str) -> Result<u64> {
+    let text = text.trim();
+    let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
+    let n: u64 = num.parse().with_context(|| format!("invalid duration '{text}': use e.g. 30m, 8h, 2d"))?;
+    let mult = match unit {
+        "s" | "" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86400,
+        _ => bail!("invalid duration '{text}': the unit is s, m, h or d"),
+    };
+    Ok(n * mult)
+}

@@ -1,0 +1,8 @@
+//! pgbranch-replicator: everything that talks to postgres — running stock postgres
+//! binaries as the right user ([`pg`]), checking and following a source database
+//! ([`source`], [`basebackup`], [`follower`]). Nothing here knows about FUSE.
+
+pub mod basebackup;
+pub mod follower;
+pub mod pg;
+pub mod source;
