@@ -85,6 +85,8 @@ pub struct Usage {
     pub distinct_bytes: u64,
     /// Stored bytes of distinct blocks.
     pub stored_block_bytes: u64,
+    /// Stored bytes of distinct tree nodes (block maps, inode tables, roots).
+    pub tree_node_bytes: u64,
     pub compression_ratio: f64,
     pub dedup_ratio: f64,
 }
@@ -253,8 +255,10 @@ impl Repository {
         let records = self.catalog.list()?;
         let mut per_branch: Vec<(BranchRecord, HashSet<Hash>, u64)> = Vec::new();
         let mut refs: HashMap<Hash, u32> = HashMap::new();
+        let mut nodes: HashSet<Hash> = HashSet::new();
         for rec in records {
             let listing = walk::list(self.store.as_ref(), &rec.root, None);
+            nodes.extend(listing.nodes.iter().copied());
             let mut blocks = HashSet::new();
             let mut logical = 0u64;
             for f in &listing.files {
@@ -284,6 +288,10 @@ impl Repository {
                 BranchUsage { name: rec.name.clone(), kind: rec.kind.as_str(), logical_bytes: *logical, unique_bytes: unique, shared_bytes: shared }
             })
             .collect();
+        let mut tree_node_bytes = 0;
+        for h in &nodes {
+            tree_node_bytes += self.store.stored_size(h)?.unwrap_or(0);
+        }
         let distinct_bytes = refs.len() as u64 * BLOCK_SIZE as u64;
         let stored_block_bytes: u64 = sizes.values().sum();
         let total_logical: u64 = per_branch.iter().map(|(_, _, l)| l).sum();
@@ -293,6 +301,7 @@ impl Repository {
             physical_bytes: self.store.physical_bytes()?,
             distinct_bytes,
             stored_block_bytes,
+            tree_node_bytes,
             compression_ratio: ratio(distinct_bytes, stored_block_bytes),
             dedup_ratio: ratio(total_logical, distinct_bytes),
         })

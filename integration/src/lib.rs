@@ -262,3 +262,73 @@ pub fn assert_pgbench_invariant(server: &Server, what: &str) {
     let s = pgbench_sums(server);
     assert!(s[0] == s[1] && s[1] == s[2] && s[2] == s[3], "{what}: pgbench balances disagree: accounts, branches, tellers, history = {s:?}");
 }
+
+/// A source database for follower tests: a plain postgres on local disk, listening on
+/// loopback with scram passwords, stopped and removed on drop.
+pub struct SourceDb {
+    pub server: Server,
+    pub dir: PathBuf,
+    pub password: String,
+}
+
+impl SourceDb {
+    /// `settings` are extra `name = value` lines for postgresql.conf.
+    pub fn start(tag: &str, settings: &[&str]) -> SourceDb {
+        let (bin, owner) = pg_env();
+        let dir = std::env::temp_dir().join(format!("pgbranch-source-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
+        unsafe {
+            libc::chmod(c.as_ptr(), 0o755);
+        }
+        let data = dir.join("data");
+        owner.private_dir(&data).unwrap();
+        let password = "source-secret".to_string();
+        let pwfile = dir.join("pw");
+        std::fs::write(&pwfile, &password).unwrap();
+        let mut initdb = owner.command(bin.tool("initdb"));
+        initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-instructions"]);
+        initdb.arg(format!("--pwfile={}", pwfile.display()));
+        owner.run(&mut initdb, "initdb of a source").unwrap();
+        if !settings.is_empty() {
+            let mut conf = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
+            std::io::Write::write_all(&mut conf, format!("\n{}\n", settings.join("\n")).as_bytes()).unwrap();
+        }
+        let server = Server::start(&bin, &owner, &data, &dir.join("run"), pg::free_port().unwrap()).unwrap();
+        SourceDb { server, dir, password }
+    }
+
+    pub fn url_as(&self, user: &str, password: &str) -> String {
+        format!("postgresql://{user}:{password}@127.0.0.1:{}/postgres", self.server.port)
+    }
+
+    pub fn url(&self) -> String {
+        self.url_as("postgres", &self.password)
+    }
+
+    pub fn slots(&self) -> String {
+        self.server.psql("postgres", "SELECT coalesce(string_agg(slot_name, ','), '') FROM pg_replication_slots").unwrap()
+    }
+}
+
+impl Drop for SourceDb {
+    fn drop(&mut self) {
+        let _ = self.server.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// psql with a URL, as root (or any user): the way a developer uses a branch URL.
+pub fn psql_url(url: &str, sql: &str) -> Result<String, String> {
+    let (bin, _) = pg_env();
+    let out = Command::new(bin.tool("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
