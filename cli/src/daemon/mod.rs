@@ -108,12 +108,15 @@ impl Daemon {
             let wanted: Vec<String> =
                 d.servers.state.lock().servers.iter().filter(|(_, s)| s.running).map(|(n, _)| n.clone()).collect();
             // Orphans first, all at once: each may take a moment to die.
+            let mut orphans = Vec::new();
             for name in &wanted {
-                d.servers.signal_orphan(name);
+                let pids = d.servers.signal_orphan(name);
+                if let Some(pid) = pids.last() {
+                    tracing::warn!("stopped postgres {pid} of branch {name}, orphaned by a previous daemon");
+                }
+                orphans.extend(pids);
             }
-            for name in &wanted {
-                d.servers.kill_orphan(name);
-            }
+            servers::Servers::wait_dead(&orphans);
             for name in wanted {
                 if d.repo.get(&name).is_err() {
                     continue;

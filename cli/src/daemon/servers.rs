@@ -61,6 +61,41 @@ pub struct Servers {
     live: Mutex<BTreeMap<String, Server>>,
 }
 
+/// The pids of `pid`'s children.
+fn children(pid: i32) -> Vec<i32> {
+    let mut out = Vec::new();
+    if let Ok(rd) = std::fs::read_dir("/proc") {
+        for e in rd.flatten() {
+            let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
+            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|v| v.parse::<i32>().ok());
+            if ppid == Some(pid) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Whether `pid` exists and is not a zombie.
+fn is_running(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')),
+        Err(_) => false,
+    }
+}
+
+/// Removes a postmaster.pid whose postmaster is dead. Postgres itself treats a zombie
+/// postmaster as alive and would refuse to start.
+fn clear_dead_lock_file(lock: &Path) {
+    let pid = std::fs::read_to_string(&lock).ok().and_then(|s| s.lines().next()?.trim().parse::<i32>().ok());
+    if let Some(pid) = pid {
+        if !is_running(pid) {
+            let _ = std::fs::remove_file(lock);
+        }
+    }
+}
+
 /// Whether `pid` is a live postgres process (not reused by something else).
 fn is_postgres(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("postgres"))
@@ -115,6 +150,8 @@ impl Servers {
             return Ok(());
         }
         let spec = self.spec(name).with_context(|| format!("branch {name} has no server configured"))?;
+        clear_dead_lock_file(&data.join("postmaster.pid"));
+        clear_dead_lock_file(&self.socket_dir(name).join(format!(".s.PGSQL.{}.lock", spec.port)));
         let bin = PgBin(spec.pg_bin.clone());
         let server = Server::start(&bin, &self.owner, data, &self.socket_dir(name), spec.port)
             .with_context(|| format!("starting postgres on branch {name}"))?;
@@ -141,22 +178,25 @@ impl Servers {
         self.save()
     }
 
-    /// Sends SIGKILL to a server left by a daemon that died, without waiting.
-    pub fn signal_orphan(&self, name: &str) {
+    /// Sends SIGKILL to a server left by a daemon that died, and to its backends (they
+    /// hold its shared memory, which would keep a new postmaster from starting).
+    pub fn signal_orphan(&self, name: &str) -> Vec<i32> {
         let pid = self.state.lock().servers.get(name).and_then(|s| s.pid);
-        if let Some(pid) = pid.filter(|p| is_postgres(*p)) {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        let Some(pid) = pid.filter(|p| is_postgres(*p)) else { return Vec::new() };
+        let mut all = children(pid);
+        all.push(pid);
+        for p in &all {
+            unsafe { libc::kill(*p, libc::SIGKILL) };
         }
+        all
     }
 
-    /// Kills a server left by a daemon that died (its files are gone with the mount).
-    pub fn kill_orphan(&self, name: &str) {
-        let pid = self.state.lock().servers.get(name).and_then(|s| s.pid);
-        if let Some(pid) = pid.filter(|p| is_postgres(*p)) {
-            tracing::warn!("stopping postgres {pid} of branch {name}, orphaned by a previous daemon");
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-            for _ in 0..200 {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
+    /// Waits for killed processes to die (zombies count as dead: their parent may
+    /// never reap them).
+    pub fn wait_dead(pids: &[i32]) {
+        for &pid in pids {
+            for _ in 0..400 {
+                if !is_running(pid) {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(25));

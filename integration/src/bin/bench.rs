@@ -323,6 +323,30 @@ fn du_bytes(path: &Path, apparent: bool) -> Result<u64> {
     Ok(s.split_whitespace().next().unwrap_or("0").parse()?)
 }
 
+/// fdatasync latency of an 8 KiB overwrite on the disk under `dir`, right now: how busy
+/// the disk is (other users of this machine share it). Returns (p50, p95) in µs.
+fn fsync_probe(dir: &Path) -> (f64, f64) {
+    use std::os::unix::fs::FileExt;
+    let path = dir.join(format!(".bench-fsync-probe-{}", std::process::id()));
+    let n = 50;
+    let mut v = Vec::with_capacity(n);
+    if let Ok(f) = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path) {
+        let buf = vec![7u8; 8192];
+        let ok = (0..n).all(|i| f.write_all_at(&buf, (i * 8192) as u64).is_ok()) && f.sync_all().is_ok();
+        if ok {
+            for i in 0..n {
+                let t = Instant::now();
+                if f.write_all_at(&buf, (i * 8192) as u64).is_err() || f.sync_data().is_err() {
+                    break;
+                }
+                v.push(t.elapsed().as_secs_f64() * 1e6);
+            }
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+    (r2(median(&v)), r2(percentile(&v, 95.0)))
+}
+
 fn checkpoint(s: &Server) -> Result<()> {
     s.psql("postgres", "CHECKPOINT")?;
     Ok(())
@@ -590,6 +614,7 @@ fn section_tps(ctx: &mut Ctx, rep: &mut Report) -> Result<Server> {
                 checkpoint(native.server())?;
                 checkpoint(&branch)?;
                 sleep(Duration::from_secs(2));
+                let probe = fsync_probe(&std::env::temp_dir());
                 let st = timed_pgbench(ctx, server, &postmasters, &args)?;
                 let c = &st.cpu;
                 log!(
@@ -608,10 +633,38 @@ fn section_tps(ctx: &mut Ctx, rep: &mut Report) -> Result<Server> {
                     "cpu": st.cpu,
                     "cpu_us_per_txn": { "daemon": per_txn("daemon_cpu_secs"), "postgres": per_txn("postgres_cpu_secs"), "pgbench": per_txn("pgbench_cpu_secs") },
                     "latency": st.latency,
+                    "disk_fdatasync_us_before": { "p50": probe.0, "p95": probe.1 },
                 }));
             }
         }
         let (mn, mb) = (median(&nat), median(&br));
+        // CPU our processes spend per transaction (daemon + postgres + pgbench): less
+        // sensitive to other users of the machine than tps.
+        let cpu_per_txn = |side: &str| -> Vec<f64> {
+            runs.iter()
+                .filter(|r| r["side"] == side)
+                .map(|r| {
+                    let c = &r["cpu_us_per_txn"];
+                    c["daemon"].as_f64().unwrap_or(0.0) + c["postgres"].as_f64().unwrap_or(0.0) + c["pgbench"].as_f64().unwrap_or(0.0)
+                })
+                .collect()
+        };
+        let (cn, cb) = (median(&cpu_per_txn("native")), median(&cpu_per_txn("branch")));
+        let shares: Vec<String> = runs
+            .iter()
+            .map(|r| {
+                format!(
+                    "{} {:.0} tps (other {:.0}%)",
+                    r["side"].as_str().unwrap_or(""),
+                    r["tps"].as_f64().unwrap_or(0.0),
+                    r["cpu"]["other_cpu_share"].as_f64().unwrap_or(0.0) * 100.0
+                )
+            })
+            .collect();
+        rep.notes.push(format!(
+            "{mode} runs in order: {} — 'other' is the share of the machine's CPU used by processes that are not this benchmark's (other users, kernel threads).",
+            shares.join(", ")
+        ));
         details.insert(mode.into(), json!({ "runs": runs, "median_native_tps": r2(mn), "median_branch_tps": r2(mb) }));
         let target = if mode == "read-write" { 0.8 } else { 0.95 };
         rep.row(
@@ -621,6 +674,14 @@ fn section_tps(ctx: &mut Ctx, rep: &mut Report) -> Result<Server> {
             Some(mn),
             Target::RatioAtLeast(target),
             "baseline: same postgres initdb'd on ext4 in the same run; runs interleaved native, branch, …",
+        );
+        rep.row(
+            &format!("CPU per {mode} transaction, daemon + postgres + pgbench (median)"),
+            "µs",
+            cb,
+            Some(cn),
+            Target::Info,
+            "",
         );
     }
     rep.details.insert("tps".into(), Value::Object(details));
@@ -645,6 +706,7 @@ fn snapshot_series(ctx: &Ctx, server: &Server, branch: &str, label: &str) -> Res
     let mut dirty = Vec::new();
     let mut names = Vec::new();
     let postmasters: Vec<i32> = server.pid.into_iter().collect();
+    let probe = fsync_probe(&std::env::temp_dir());
     let cpu0 = cpu_snap(ctx.daemon_pid(), &postmasters);
     let dirty_of = |ctx: &Ctx| -> u64 {
         ctx.call(&Request::List)
@@ -703,6 +765,7 @@ fn snapshot_series(ctx: &Ctx, server: &Server, branch: &str, label: &str) -> Res
         "delete_ms": stats(&del),
         "source_dirty_bytes_before_each": dirty,
         "cpu_during_series": cpu,
+        "disk_fdatasync_us_before": { "p50": probe.0, "p95": probe.1 },
     }))
 }
 
