@@ -30,7 +30,7 @@ pub fn list(data: &Value, json: bool) -> Result<()> {
     if json {
         return json_out(data);
     }
-    println!("{:<24} {:<9} {:<16} {}", "NAME", "KIND", "PARENT", "PATH");
+    println!("{:<24} {:<9} {:<16} PATH", "NAME", "KIND", "PARENT");
     for b in data.as_array().into_iter().flatten() {
         println!(
             "{:<24} {:<9} {:<16} {}",

@@ -140,7 +140,7 @@ impl FileMap {
             self.slots.truncate(keep);
         }
         let bs = BLOCK_SIZE as u64;
-        if size % bs != 0 {
+        if !size.is_multiple_of(bs) {
             return self.zero_range(store, size, keep as u64 * bs);
         }
         Ok(0)

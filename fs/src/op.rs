@@ -69,8 +69,8 @@ impl Op {
     }
 
     pub fn decode(bytes: &[u8]) -> Option<Op> {
-        match bytes.first()? {
-            &TAG_WRITE if bytes.len() >= 29 => {
+        match *bytes.first()? {
+            TAG_WRITE if bytes.len() >= 29 => {
                 let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
                 Some(Op::Write {
                     ino: u64_at(1),
@@ -79,7 +79,7 @@ impl Op {
                     data: bytes[29..].to_vec(),
                 })
             }
-            &TAG_OTHER => postcard::from_bytes(&bytes[1..]).ok(),
+            TAG_OTHER => postcard::from_bytes(&bytes[1..]).ok(),
             _ => None,
         }
     }

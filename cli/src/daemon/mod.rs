@@ -136,7 +136,7 @@ impl Daemon {
             if fuse::clear_stale(&path).with_context(|| format!("detaching stale mount {}", path.display()))? {
                 tracing::warn!("detached a stale mount at {}", path.display());
             }
-            if !self.repo.get(&e.file_name().to_string_lossy()).is_ok() {
+            if self.repo.get(&e.file_name().to_string_lossy()).is_err() {
                 let _ = std::fs::remove_dir(&path);
             }
         }

@@ -88,7 +88,7 @@ fn is_running(pid: i32) -> bool {
 /// Removes a postmaster.pid whose postmaster is dead. Postgres itself treats a zombie
 /// postmaster as alive and would refuse to start.
 fn clear_dead_lock_file(lock: &Path) {
-    let pid = std::fs::read_to_string(&lock).ok().and_then(|s| s.lines().next()?.trim().parse::<i32>().ok());
+    let pid = std::fs::read_to_string(lock).ok().and_then(|s| s.lines().next()?.trim().parse::<i32>().ok());
     if let Some(pid) = pid {
         if !is_running(pid) {
             let _ = std::fs::remove_file(lock);
