@@ -6,3 +6,4 @@ pub mod basebackup;
 pub mod follower;
 pub mod pg;
 pub mod source;
+pub mod transform;

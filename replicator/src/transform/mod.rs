@@ -1,0 +1,199 @@
+//! PII transformation: the config format (the seed's YAML, unchanged), its validation
+//! against the replicated schema, and the transformers that every value of a configured
+//! column passes through in memory before anything is written.
+//!
+//! Transforms are deterministic under a secret key: one input gives one output
+//! everywhere (joins on masked values still match) and a re-sync gives the same data.
+//!
+//! Status: config, validation and transformers are here and unit-tested; the logical
+//! follower that applies them to a change stream is not built yet (issue #4).
+
+mod transformers;
+mod words;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::Deserialize;
+
+pub use transformers::{Transformer, Value};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{file}: malformed YAML at line {line}, column {column}: {message}")]
+    Yaml { file: String, line: usize, column: usize, message: String },
+    #[error("{file}:{line}: {table}.{column}: unknown transformer '{name}' (known: {known})")]
+    UnknownTransformer { file: String, line: usize, table: String, column: String, name: String, known: String },
+    #[error("{file}:{line}: {table}.{column}: transformer '{name}': {message}")]
+    BadParameter { file: String, line: usize, table: String, column: String, name: String, message: String },
+    #[error("{file}: table {table} is in the config but not replicated from the source")]
+    UnknownTable { file: String, table: String },
+    #[error("{file}: column {table}.{column} is in the config but not in the source table")]
+    UnknownColumn { file: String, table: String, column: String },
+    #[error("{file}: strict validation: these columns have no transformer (name each, or mark it `keep`): {columns}")]
+    Uncovered { file: String, columns: String },
+    #[error("{file}:{line}: {table}.{column} has a unique index, but '{name}' can map two values to one; use hash, uuid or email (without preserve_length), or keep")]
+    NotUnique { file: String, line: usize, table: String, column: String, name: String },
+}
+
+#[derive(Debug, Deserialize)]
+struct RawConfig {
+    transformations: RawTransformations,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTransformations {
+    #[serde(default)]
+    table_transformers: Vec<RawTable>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RawTable {
+    #[serde(default = "public")]
+    schema: String,
+    table: String,
+    #[serde(default)]
+    column_transformers: BTreeMap<String, RawColumn>,
+}
+
+fn name_or_null<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_else(|| "null".into()))
+}
+
+fn public() -> String {
+    "public".into()
+}
+
+#[derive(Debug, Deserialize)]
+struct RawColumn {
+    /// `name: null` is YAML's null, which means the `null` transformer.
+    #[serde(deserialize_with = "name_or_null")]
+    name: String,
+    #[serde(default)]
+    parameters: yaml_serde::Value,
+}
+
+/// A parsed, checked transform config: (schema.table) -> column -> transformer.
+#[derive(Debug)]
+pub struct TransformConfig {
+    pub file: String,
+    pub tables: BTreeMap<String, BTreeMap<String, Transformer>>,
+    lines: BTreeMap<(String, String), usize>,
+}
+
+/// The line of `needle` (a column key) at or after `from` in the YAML text.
+fn line_of(text: &str, needle: &str, from: usize) -> usize {
+    text.lines()
+        .enumerate()
+        .skip(from.saturating_sub(1))
+        .find(|(_, l)| l.trim_start().starts_with(&format!("{needle}:")))
+        .map_or(0, |(i, _)| i + 1)
+}
+
+impl TransformConfig {
+    pub fn parse(file: &str, text: &str) -> Result<TransformConfig, ConfigError> {
+        let raw: RawConfig = yaml_serde::from_str(text).map_err(|e| {
+            let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+            ConfigError::Yaml { file: file.into(), line, column, message: e.to_string() }
+        })?;
+        let mut tables = BTreeMap::new();
+        let mut lines = BTreeMap::new();
+        for t in raw.transformations.table_transformers {
+            let key = format!("{}.{}", t.schema, t.table);
+            let table_line = line_of(text, "table", 1);
+            let mut cols = BTreeMap::new();
+            for (column, spec) in t.column_transformers {
+                let line = line_of(text, &column, table_line);
+                let tr = Transformer::from_config(&spec.name, &spec.parameters).map_err(|e| match e {
+                    transformers::BuildError::Unknown => ConfigError::UnknownTransformer {
+                        file: file.into(),
+                        line,
+                        table: key.clone(),
+                        column: column.clone(),
+                        name: spec.name.clone(),
+                        known: Transformer::NAMES.join(", "),
+                    },
+                    transformers::BuildError::Parameter(message) => ConfigError::BadParameter {
+                        file: file.into(),
+                        line,
+                        table: key.clone(),
+                        column: column.clone(),
+                        name: spec.name.clone(),
+                        message,
+                    },
+                })?;
+                lines.insert((key.clone(), column.clone()), line);
+                cols.insert(column, tr);
+            }
+            tables.insert(key, cols);
+        }
+        Ok(TransformConfig { file: file.into(), tables, lines })
+    }
+
+    /// Checks the config against the replicated schema: `schema` maps schema.table to
+    /// its columns, `unique` lists (schema.table, column) under a unique index. Strict
+    /// mode refuses any column without a transformer (or `keep`).
+    pub fn validate(
+        &self,
+        schema: &BTreeMap<String, Vec<String>>,
+        unique: &BTreeSet<(String, String)>,
+        strict: bool,
+    ) -> Result<(), ConfigError> {
+        for (table, cols) in &self.tables {
+            let Some(source_cols) = schema.get(table) else {
+                return Err(ConfigError::UnknownTable { file: self.file.clone(), table: table.clone() });
+            };
+            for (col, tr) in cols {
+                if !source_cols.contains(col) {
+                    return Err(ConfigError::UnknownColumn { file: self.file.clone(), table: table.clone(), column: col.clone() });
+                }
+                if unique.contains(&(table.clone(), col.clone())) && !tr.keeps_unique() {
+                    return Err(ConfigError::NotUnique {
+                        file: self.file.clone(),
+                        line: self.lines.get(&(table.clone(), col.clone())).copied().unwrap_or(0),
+                        table: table.clone(),
+                        column: col.clone(),
+                        name: tr.name().into(),
+                    });
+                }
+            }
+        }
+        if strict {
+            let mut uncovered = Vec::new();
+            for (table, cols) in schema {
+                for c in cols {
+                    if !self.tables.get(table).is_some_and(|t| t.contains_key(c)) {
+                        uncovered.push(format!("{table}.{c}"));
+                    }
+                }
+            }
+            if !uncovered.is_empty() {
+                return Err(ConfigError::Uncovered { file: self.file.clone(), columns: uncovered.join(", ") });
+            }
+        }
+        Ok(())
+    }
+
+    /// Transforms one row of `table` in place; columns are (name, value) pairs.
+    pub fn apply(&self, key: &[u8; 32], table: &str, row: &mut [(String, Value)]) {
+        let Some(cols) = self.tables.get(table) else { return };
+        let originals: BTreeMap<String, Value> = row.iter().cloned().collect();
+        let mut out: Vec<Value> = Vec::with_capacity(row.len());
+        for (name, value) in row.iter() {
+            out.push(match cols.get(name) {
+                Some(tr) => tr.apply(key, name, value, &originals),
+                None => value.clone(),
+            });
+        }
+        // Templates see the transformed values of the other columns, never raw ones.
+        let transformed: BTreeMap<String, Value> = row.iter().map(|(n, _)| n.clone()).zip(out.iter().cloned()).collect();
+        for ((name, value), new) in row.iter_mut().zip(out) {
+            *value = match cols.get(name) {
+                Some(tr) if tr.is_template() => tr.apply(key, name, &new, &transformed),
+                _ => new,
+            };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
