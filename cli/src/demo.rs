@@ -21,17 +21,18 @@ fn step(msg: &str) {
     println!("==> {msg}");
 }
 
-/// A throwaway source: a plain postgres in STORE/demo-source, loopback only.
+/// A throwaway source: a plain postgres in STORE/demo-source (or the runtime directory
+/// when the postgres user cannot reach the store), loopback only.
 fn start_source(layout: &Layout, bin: &PgBin, owner: &Owner, scale: u32) -> Result<(Server, String)> {
-    let data = layout.root.join("demo-source");
-    let run = layout.root.join("run").join("demo-source");
+    let data = layout.runtime().join("demo-source");
+    let run = layout.run_dir().join("demo-source");
     stop_old_source(&data);
     if data.exists() {
         std::fs::remove_dir_all(&data).with_context(|| format!("removing {}", data.display()))?;
     }
     owner.private_dir(&data)?;
-    let pwfile = layout.root.join("run").join("demo-source.pw");
-    std::fs::create_dir_all(layout.root.join("run"))?;
+    let pwfile = layout.run_dir().join("demo-source.pw");
+    std::fs::create_dir_all(layout.run_dir())?;
     std::fs::write(&pwfile, SOURCE_PASSWORD)?;
     let c = std::ffi::CString::new(pwfile.as_os_str().as_encoded_bytes()).unwrap();
     unsafe { libc::chown(c.as_ptr(), owner.uid, owner.gid) };

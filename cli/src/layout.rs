@@ -7,12 +7,24 @@
 //!   daemon.sock     0600  control socket
 //!   daemon.lock           held by the running daemon
 //!   daemon.log            the daemon's log
+//!   run/NAME        0700  a branch server's socket directory (owned by the postgres user)
 //! ```
+//!
+//! When the daemon runs as root, postgres runs as the `postgres` user, which must be
+//! able to reach the mounts and sockets. If the store lies below a directory it cannot
+//! traverse (root's default store under /root, mode 0700), `mnt/` and `run/` move to
+//! `/run/pgbranch/<id>/` instead; the data stays in the store.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
+
+/// Whether every ancestor of `path` lets other users traverse it.
+fn others_can_reach(path: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    path.ancestors().skip(1).all(|dir| std::fs::metadata(dir).map_or(true, |m| m.mode() & 0o001 != 0))
+}
 
 #[derive(Clone, Debug)]
 pub struct Layout {
@@ -36,8 +48,20 @@ impl Layout {
     pub fn data(&self) -> PathBuf {
         self.root.join("data")
     }
+    /// Where mounts and server sockets live: the store, unless the postgres user could
+    /// not reach it there.
+    pub fn runtime(&self) -> PathBuf {
+        if unsafe { libc::geteuid() } != 0 || others_can_reach(&self.root) {
+            return self.root.clone();
+        }
+        let id = blake3::hash(self.root.as_os_str().as_encoded_bytes()).to_hex();
+        PathBuf::from("/run/pgbranch").join(&id[..16])
+    }
     pub fn mounts(&self) -> PathBuf {
-        self.root.join("mnt")
+        self.runtime().join("mnt")
+    }
+    pub fn run_dir(&self) -> PathBuf {
+        self.runtime().join("run")
     }
     pub fn mount_point(&self, name: &str) -> PathBuf {
         self.mounts().join(name)
@@ -56,7 +80,8 @@ impl Layout {
     /// before anything else touches it.
     pub fn prepare(&self) -> Result<()> {
         let hint = "choose another directory with --store or PGBRANCH_HOME, or fix its permissions";
-        for (dir, mode) in [(&self.root, 0o711), (&self.data(), 0o700), (&self.mounts(), 0o711)] {
+        let runtime = self.runtime();
+        for (dir, mode) in [(&self.root, 0o711), (&self.data(), 0o700), (&runtime, 0o711), (&self.mounts(), 0o711)] {
             if dir.exists() && !dir.is_dir() {
                 bail!("store path {} exists and is not a directory; {hint}", dir.display());
             }

@@ -82,7 +82,7 @@ impl Daemon {
         let repo = Arc::new(
             Repository::open(&layout.data()).with_context(|| format!("opening the store in {}", layout.root.display()))?,
         );
-        let servers = servers::Servers::open(&layout.data(), &layout.root.join("run"))?;
+        let servers = servers::Servers::open(&layout.data(), &layout.run_dir())?;
         let daemon = Arc::new(Daemon {
             servers,
             layout,
