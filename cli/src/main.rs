@@ -174,6 +174,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Daemon => daemon::run(layout),
         Command::Branch(cmd) => match cmd {
             BranchCmd::Create { name, empty, from, no_start, ttl, protect } => {
+                if !empty && from.is_none() && client::call(&layout, &Request::Path { name: daemon::MAIN.into() }).is_err() {
+                    anyhow::bail!(
+                        "there is no branch 'main' to branch from: follow a source with `pgbranch clone stream`, or pass --from BRANCH or --empty"
+                    );
+                }
                 let from = if empty { None } else { Some(from.unwrap_or_else(|| daemon::MAIN.to_string())) };
                 let ttl_secs = ttl.as_deref().map(pgbranch::clone::parse_duration).transpose()?;
                 let req = Request::CreateBranch { name, from, start: !no_start, ttl_secs, protect };

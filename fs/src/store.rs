@@ -244,18 +244,20 @@ impl ObjectStore for LocalStore {
         let mut active = self.active.lock();
         let next = active.number + 1;
         *active = ActivePack::open(&self.dir, next)?;
-        let indexed: HashMap<Hash, Location> = {
+        // Stream the index rather than load it: a large store has millions of entries.
+        let dead: Vec<Hash> = {
             let txn = self.index.read().begin_read().map_err(StoreError::index)?;
             let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
-            let mut m = HashMap::new();
+            let mut dead = Vec::new();
             for item in table.iter().map_err(StoreError::index)? {
-                let (k, v) = item.map_err(StoreError::index)?;
-                let (pack, offset, len) = v.value();
-                m.insert(Hash(k.value()), Location { pack, offset, len });
+                let (k, _) = item.map_err(StoreError::index)?;
+                let h = Hash(k.value());
+                if !live.contains(&h) {
+                    dead.push(h);
+                }
             }
-            m
+            dead
         };
-        let dead: Vec<Hash> = indexed.keys().filter(|h| !live.contains(h)).copied().collect();
         stats.objects_removed = dead.len() as u64;
         for pack_no in pack::list_packs(&self.dir)? {
             if pack_no == active.number {
@@ -266,7 +268,7 @@ impl ObjectStore for LocalStore {
             // A record is live only if it is the indexed copy of a live object.
             let live_records: Vec<(Hash, Location)> = records
                 .into_iter()
-                .filter(|(h, loc)| live.contains(h) && indexed.get(h) == Some(loc))
+                .filter(|(h, loc)| live.contains(h) && self.locate(h).ok().flatten().as_ref() == Some(loc))
                 .collect();
             let live_bytes: u64 = live_records.iter().map(|(_, l)| l.len as u64 + pack::RECORD_HEADER).sum();
             if live_bytes * 100 >= size * 97 {

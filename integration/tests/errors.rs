@@ -41,7 +41,7 @@ fn duplicate_and_invalid_names() {
         let err = store.fail(&["branch", "create", bad, "--empty"]);
         assert!(err.contains("invalid name"), "{bad:?}: {err}");
     }
-    assert!(store.fail(&["branch", "create", "b"]).contains("--empty, or --from"));
+    assert!(store.fail(&["branch", "create", "b"]).contains("no branch 'main' to branch from"));
     assert_eq!(names(&store), ["a"]);
     assert_eq!(std::fs::read(store.path("a").join("keep")).unwrap(), b"data");
 }

@@ -145,7 +145,8 @@ impl Daemon {
         self.servers.state.lock().policies.insert(name.to_string(), policy);
         self.servers.save()?;
         let mut out = json!({ "name": name, "path": self.layout.mount_point(name) });
-        if start && from.is_some() {
+        // Only a branch holding a postgres data directory gets a server.
+        if start && from.is_some() && self.layout.mount_point(name).join("PG_VERSION").exists() {
             if let Err(e) = self.start_independent(name, from.as_deref()) {
                 // Leave nothing half-made behind.
                 let _ = self.servers.forget(name);
