@@ -172,9 +172,18 @@ impl TestStore {
         Server::start(&bin, &owner, &path, &self.socket_dir(name), pg::free_port().unwrap()).unwrap()
     }
 
-    /// Cuts branch `name` from `from` and starts it as its own server.
+    /// The server the daemon runs on branch `name`, reached through its private socket.
+    pub fn branch_server(&self, name: &str) -> Server {
+        let list = self.json(&["branch", "list"]);
+        let b = list.as_array().unwrap().iter().find(|b| b["name"] == name).expect("branch listed").clone();
+        let port = b["port"].as_u64().expect("the branch has a server") as u16;
+        let (bin, owner) = pg_env();
+        Server::adopt(&bin, &owner, &self.path(name), &self.socket_dir(name), port, None)
+    }
+
+    /// Cuts branch `name` from `from` without the daemon's server, and starts it here.
     pub fn cut_and_start(&self, name: &str, from: &str) -> Server {
-        self.ok(&["branch", "create", name, "--from", from]);
+        self.ok(&["branch", "create", name, "--from", from, "--no-start"]);
         pg::prepare_cut(&self.path(name)).unwrap();
         self.start(name)
     }

@@ -1,6 +1,6 @@
-//! Acceptance 4: branches cut from a branch while pgbench writes to it. Each cut starts
-//! as its own postgres, passes pg_amcheck, keeps the pgbench invariant, and is isolated
-//! from its parent in both directions.
+//! Acceptance 4: branches cut from a branch while pgbench writes to it. `branch create`
+//! prepares each cut and starts it as its own postgres; each passes pg_amcheck, keeps
+//! the pgbench invariant, and is isolated from its parent in both directions.
 
 use std::time::Duration;
 
@@ -24,8 +24,7 @@ fn ten_branches_cut_under_pgbench_load() {
         store.ok(&["branch", "create", &name, "--from", "a"]);
         a.psql("postgres", &format!("INSERT INTO marks VALUES ('after-{i}')")).unwrap();
 
-        pg::prepare_cut(&store.path(&name)).unwrap();
-        let b = store.start(&name);
+        let b = store.branch_server(&name);
         amcheck(&b).unwrap_or_else(|e| panic!("branch {name}: {e}"));
         assert_pgbench_invariant(&b, &name);
 
@@ -38,7 +37,7 @@ fn ten_branches_cut_under_pgbench_load() {
         assert_pgbench_invariant(&b, &format!("{name} after its own writes"));
         let in_a = a.psql("postgres", &format!("SELECT count(*) FROM marks WHERE label = 'only-in-{name}'")).unwrap();
         assert_eq!(in_a, "0", "a write to {name} shows in its parent");
-        drop(b);
+        store.ok(&["branch", "stop", &name]);
     }
 
     drop(load);

@@ -12,14 +12,6 @@ fn last_line(s: &str) -> String {
     s.lines().last().unwrap_or_default().trim().to_string()
 }
 
-/// The branch's own server, reached through its private socket (trust, as its owner).
-fn branch_server(store: &TestStore, name: &str) -> Server {
-    let list = store.json(&["branch", "list"]);
-    let b = list.as_array().unwrap().iter().find(|b| b["name"] == name).unwrap().clone();
-    let (bin, owner) = pg_env();
-    Server::adopt(&bin, &owner, &store.path(name), &store.socket_dir(name), b["port"].as_u64().unwrap() as u16, None)
-}
-
 fn sums_url(url: &str) -> Vec<i64> {
     let q = "SELECT (SELECT sum(abalance) FROM pgbench_accounts) || '|' || (SELECT sum(bbalance) FROM pgbench_branches) || '|' || \
              (SELECT sum(tbalance) FROM pgbench_tellers) || '|' || (SELECT coalesce(sum(delta),0) FROM pgbench_history)";
@@ -60,7 +52,7 @@ fn follow_branch_share_and_connect() {
     assert!(ready < Duration::from_secs(2), "the branch took {ready:?} to accept a write");
     let s = sums_url(&b1_url);
     assert!(s.windows(2).all(|w| w[0] == w[1]), "pgbench invariant on the branch: {s:?}");
-    amcheck(&branch_server(&store, "b1")).expect("pg_amcheck clean on the branch");
+    amcheck(&store.branch_server("b1")).expect("pg_amcheck clean on the branch");
     let on_source = source.server.psql("postgres", "SELECT count(*) FROM pg_tables WHERE tablename = 'only_in_b1'").unwrap();
     let on_main = psql_url(&main_url, "SELECT count(*) FROM pg_tables WHERE tablename = 'only_in_b1'").unwrap();
     assert_eq!((on_source.as_str(), on_main.as_str()), ("0", "0"), "a write to the branch leaked");
