@@ -847,10 +847,25 @@ fn section_snapshots(ctx: &mut Ctx, rep: &mut Report, small: Option<Server>) -> 
 
 // ---------------------------------------------------------------- 3. storage
 
+/// Cuts branch `name` from `from` without the daemon starting a server on it (the
+/// benchmark starts its own, as the harness does); older CLIs have no --no-start.
+fn create_branch_from(ctx: &Ctx, name: &str, from: &str) -> Result<()> {
+    let out = ctx.store.run(&["branch", "create", name, "--from", from, "--no-start"]);
+    if out.status.success() {
+        return Ok(());
+    }
+    let err = String::from_utf8_lossy(&out.stderr).to_string();
+    if err.contains("--no-start") {
+        ctx.store.ok(&["branch", "create", name, "--from", from]);
+        return Ok(());
+    }
+    bail!("pgbranch branch create {name} --from {from} --no-start failed: {err}")
+}
+
 fn branch_round(ctx: &Ctx, base: &str, name: &str, sql: &str) -> Result<Value> {
     check_interrupt();
     let t = Instant::now();
-    ctx.store.ok(&["branch", "create", name, "--from", base]);
+    create_branch_from(ctx, name, base)?;
     let create = t.elapsed().as_secs_f64();
     pg::prepare_cut(&ctx.store.path(name))?;
     let t = Instant::now();
@@ -1021,6 +1036,8 @@ fn section_storage(ctx: &mut Ctx, rep: &mut Report) -> Result<()> {
             "du_1": du1,
             "unique_bytes_n": unique_bytes(&du11),
             "compression_ratio_n": du11["compression_ratio"],
+            "stored_block_bytes_n": du11["stored_block_bytes"],
+            "tree_node_bytes_n": du11["tree_node_bytes"],
             "ext4_copy": { "du_sb": ext4_apparent, "du_B1": ext4_blocks, "cp_secs": r2(cp_secs),
                            "cp_mib_per_sec": r2(mib(ext4_apparent) / cp_secs) },
             "rounds": rounds,
