@@ -59,6 +59,7 @@ fn main() {
         // Initial copy: pg_basebackup into a plain directory vs clone stream, same source.
         let (bin, owner) = pg_env();
         let plain = source.dir.join("plain-copy");
+        owner.private_dir(&plain).unwrap();
         let mut bb = owner.command(bin.tool("pg_basebackup"));
         bb.arg("-d").arg(source.url()).arg("-D").arg(&plain).args(["-X", "stream", "-c", "fast", "-w"]);
         let t = Instant::now();
