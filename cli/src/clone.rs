@@ -39,7 +39,10 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.enable_steady_tick(Duration::from_millis(200));
+    let t = std::time::Instant::now();
+    let mut total = 0;
     let copied = basebackup::run(&bin, &owner, &source, &path, slot, |p| {
+        total = p.total_bytes;
         bar.set_length(p.total_bytes);
         bar.set_position(p.done_bytes);
     });
@@ -50,7 +53,15 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
         let _ = client::call(layout, &Request::Delete { name: MAIN.into(), snapshot: false });
         return Err(e).context("initial copy of the source failed; nothing was left behind");
     }
-    bar.finish();
+    bar.finish_and_clear();
+    if !quiet {
+        let secs = t.elapsed().as_secs_f64();
+        eprintln!(
+            "copied {} in {secs:.1}s ({}/s)",
+            crate::output::bytes(total),
+            crate::output::bytes((total as f64 / secs.max(0.001)) as u64)
+        );
+    }
     let started = client::call(
         layout,
         &Request::FollowRegister { source_url: source_url.into(), slot: slot.into(), pg_bin: bin.0.display().to_string() },
