@@ -11,19 +11,6 @@ const BLOCK: usize = 8192;
 const BLOCKS: usize = 64;
 const DAMAGED: usize = 37;
 
-/// Incompressible bytes, so blocks are stored verbatim and can be found in a pack.
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 /// Flips one byte of the stored copy of `block` in the store's packs.
 fn flip_stored_byte(store_dir: &Path, block: &[u8]) {
     let packs = store_dir.join("data/packs");

@@ -8,18 +8,6 @@ use pgbranch_integration::*;
 
 const MIB: usize = 1 << 20;
 
-fn noise(len: usize, mut seed: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        out.extend_from_slice(&seed.to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn write_synced(path: &std::path::Path, data: &[u8]) {
     std::fs::write(path, data).unwrap();
     File::open(path).unwrap().sync_all().unwrap();
