@@ -27,6 +27,22 @@ pub enum Request {
     /// Records the follower after the CLI base-backed-up into `main`, and starts it.
     FollowRegister { source_url: String, slot: String, pg_bin: String },
     FollowStop { drop_slot: bool },
+    /// Starts an ordinary read-write server on `main` for the masked follower to fill.
+    LogicalMainStart { user: String, dbname: String, pg_bin: String },
+    /// Records the masked follower once main holds the initial copy; starts its stream.
+    FollowRegisterLogical {
+        source_url: String,
+        slot: String,
+        publication: String,
+        pg_bin: String,
+        config_name: String,
+        config_text: String,
+        strict: bool,
+    },
+    /// The follower's source URL, password included (the socket is owner-only).
+    FollowSourceUrl,
+    /// Replaces the masked follower's transform config and restarts its stream.
+    FollowReload { config_name: String, config_text: String },
     CreateSnapshot { name: String, from: String },
     Delete { name: String, snapshot: bool },
     Du,

@@ -3,6 +3,9 @@
 //! ```text
 //! STORE/            0711  (others may traverse to a mount, not list the store)
 //!   data/           0700  packs, index, catalog, intent logs
+//!   data/mask.key   0600  the masking key (deterministic transforms; copy it to
+//!                         another store to get the same masked values there)
+//!   data/transform.yaml   the masked follower's transform config
 //!   mnt/NAME        0711  one FUSE mount per branch or snapshot (its root is 0700)
 //!   daemon.sock     0600  control socket
 //!   daemon.lock           held by the running daemon
@@ -74,6 +77,41 @@ impl Layout {
     }
     pub fn log(&self) -> PathBuf {
         self.root.join("daemon.log")
+    }
+
+    /// The secret key of the masking transformers, made on first use (32 random bytes,
+    /// hex, mode 0600). One key gives one output per input everywhere, so joins on
+    /// masked values match and a re-sync gives the same data.
+    pub fn mask_key(&self) -> Result<[u8; 32]> {
+        use std::io::{Read, Write};
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.data().join("mask.key");
+        if !path.exists() {
+            let mut bytes = [0u8; 32];
+            std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
+            let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let tmp = path.with_extension("tmp");
+            let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)
+                .with_context(|| format!("creating {}", tmp.display()))?;
+            f.write_all(format!("{hex}\n").as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+        }
+        let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+        let text = text.trim();
+        let mut key = [0u8; 32];
+        if text.len() != 64 {
+            bail!("{} must hold 64 hex digits (a 32-byte key)", path.display());
+        }
+        for (i, k) in key.iter_mut().enumerate() {
+            *k = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).with_context(|| format!("{} must hold 64 hex digits", path.display()))?;
+        }
+        Ok(key)
+    }
+
+    /// The stored copy of the masked follower's transform config.
+    pub fn transform_config(&self) -> PathBuf {
+        self.data().join("transform.yaml")
     }
 
     /// Creates the store's directories with their modes, and proves the store writable,

@@ -33,7 +33,8 @@ enum Command {
     /// Create and delete read-only snapshots.
     #[command(subcommand)]
     Snapshot(SnapshotCmd),
-    /// Follow a source database into `main` by physical replication.
+    /// Follow a source database into `main`: physical replication, or logical with
+    /// PII masked in flight (`--config`).
     #[command(subcommand)]
     Clone(CloneCmd),
     /// Storage per branch: logical, unique and shared bytes; store size and ratios.
@@ -125,18 +126,41 @@ enum CloneCmd {
         /// postgresql:// URL of the source (a user with REPLICATION).
         #[arg(long, value_name = "URL")]
         source_url: String,
-        /// Physical replication slot to create on the source.
+        /// Replication slot to create on the source.
         #[arg(long, default_value = pgbranch::clone::DEFAULT_SLOT)]
         slot: String,
         /// Directory of postgres binaries of the source's major version.
         #[arg(long, value_name = "DIR")]
         pg_bin: Option<PathBuf>,
+        /// Transform config (YAML): follow logically, masking PII in flight; main is a
+        /// read-write postgres holding only masked data.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// strict: every column of every table must be named in the config (a
+        /// transformer or `keep`); relaxed: unnamed columns are copied unmasked.
+        #[arg(long, value_enum, default_value_t = Validation::Strict, requires = "config")]
+        validation: Validation,
+        /// Publication to create on the source (masked follower).
+        #[arg(long, default_value = pgbranch::clone::DEFAULT_SLOT, requires = "config")]
+        publication: String,
+    },
+    /// Replace the masked follower's transform config (checked against the source
+    /// first) and restart its stream, e.g. after a column was added on the source.
+    Reload {
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
     },
     /// Stop following: stop main's standby; optionally drop the slot on the source.
     Stop {
         #[arg(long)]
         drop_slot: bool,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Validation {
+    Strict,
+    Relaxed,
 }
 
 #[derive(Subcommand)]
@@ -242,10 +266,30 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Clone(cmd) => match cmd {
-            CloneCmd::Stream { source_url, slot, pg_bin } => {
+            CloneCmd::Stream { source_url, slot, pg_bin, config: Some(config), validation, publication } => {
+                let opts = pgbranch::clone::logical::Options {
+                    source_url,
+                    config,
+                    slot: slot.clone(),
+                    publication,
+                    pg_bin,
+                    strict: matches!(validation, Validation::Strict),
+                    quiet: false,
+                };
+                let url = pgbranch::clone::logical::stream(&layout, opts)?;
+                println!("main holds the source with every configured column masked; streaming changes from slot '{slot}'");
+                println!("{url}");
+                Ok(())
+            }
+            CloneCmd::Stream { source_url, slot, pg_bin, config: None, .. } => {
                 let url = pgbranch::clone::stream(&layout, &source_url, &slot, pg_bin, false)?;
                 println!("main is a hot standby of the source, streaming from slot '{slot}'");
                 println!("{url}");
+                Ok(())
+            }
+            CloneCmd::Reload { config } => {
+                pgbranch::clone::logical::reload(&layout, &config)?;
+                println!("the masked follower restarted with {}", config.display());
                 Ok(())
             }
             CloneCmd::Stop { drop_slot } => {

@@ -117,6 +117,19 @@ pub fn status(data: &Value, json: bool) -> Result<()> {
         println!("follower:  none (see `pgbranch clone stream`)");
     } else {
         println!("follower:  {} from {} (slot {})", f["state"].as_str().unwrap_or("?"), f["source"].as_str().unwrap_or(""), f["slot"].as_str().unwrap_or(""));
+        if f["mode"] == "logical" {
+            println!(
+                "masking:   {} ({} validation); {} rows in {} transactions applied, {:.0} rows/s",
+                f["config"].as_str().unwrap_or("?"),
+                if f["strict"] == false { "relaxed" } else { "strict" },
+                f["rows_applied"].as_u64().unwrap_or(0),
+                f["transactions_applied"].as_u64().unwrap_or(0),
+                f["rows_per_sec"].as_f64().unwrap_or(0.0)
+            );
+            if let Some(e) = f["stream_error"].as_str() {
+                println!("stream:    {e}");
+            }
+        }
         if let Some(lag) = f["lag_bytes"].as_u64() {
             println!(
                 "lag:       {} ({:.2} s); source at {}, main replayed {}",

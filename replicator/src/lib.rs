@@ -3,7 +3,9 @@
 //! ([`source`], [`basebackup`], [`follower`]). Nothing here knows about FUSE.
 
 pub mod basebackup;
+pub mod catalog;
 pub mod follower;
+pub mod logical;
 pub mod pg;
 pub mod source;
 pub mod transform;

@@ -25,6 +25,14 @@ pub enum SourceError {
     NoSlotFree { max: i64, used: i64 },
     #[error("replication slot '{0}' already exists on the source; pick another with --slot, or drop it there: SELECT pg_drop_replication_slot('{0}')")]
     SlotExists(String),
+    #[error("the source has wal_level={0}; a masked (logical) follower needs wal_level=logical: run ALTER SYSTEM SET wal_level = logical on the source and restart it")]
+    WalLevelNotLogical(String),
+    #[error("user '{user}' is not a superuser on the source; a masked follower publishes every table (CREATE PUBLICATION ... FOR ALL TABLES), which needs one")]
+    NotSuperuser { user: String },
+    #[error("publication '{0}' already exists on the source; pick another with --publication, or drop it there: DROP PUBLICATION \"{0}\"")]
+    PublicationExists(String),
+    #[error("the source database uses encoding {0}; the masked follower needs UTF8")]
+    NotUtf8(String),
     #[error("query on the source failed: {0}")]
     Query(String),
 }
@@ -129,6 +137,65 @@ impl Source {
             return Err(SourceError::NoSlotFree { max: max_slots, used: used_slots });
         }
         Ok(SourceInfo { major: num / 10000, version, wal_level })
+    }
+
+    /// Everything a logical (masked) follower needs from the source, checked in order
+    /// before anything is created there.
+    pub fn check_logical(&self, slot: &str, publication: &str) -> Result<SourceInfo, SourceError> {
+        let mut c = self.connect()?;
+        let q = |c: &mut Client, sql: &str| -> Result<String, SourceError> {
+            let row = c.query_one(sql, &[]).map_err(|e| SourceError::Query(e.to_string()))?;
+            Ok(row.get::<_, String>(0))
+        };
+        let num: u32 = q(&mut c, "SELECT current_setting('server_version_num')")?.parse().unwrap_or(0);
+        let version = q(&mut c, "SELECT current_setting('server_version')")?;
+        let wal_level = q(&mut c, "SELECT current_setting('wal_level')")?;
+        if wal_level != "logical" {
+            return Err(SourceError::WalLevelNotLogical(wal_level));
+        }
+        let (replication, superuser) = {
+            let row = c
+                .query_one("SELECT rolreplication OR rolsuper, rolsuper FROM pg_roles WHERE rolname = current_user", &[])
+                .map_err(|e| SourceError::Query(e.to_string()))?;
+            (row.get::<_, bool>(0), row.get::<_, bool>(1))
+        };
+        if !replication {
+            return Err(SourceError::NoReplicationPrivilege { user: self.user.clone() });
+        }
+        if !superuser {
+            return Err(SourceError::NotSuperuser { user: self.user.clone() });
+        }
+        let encoding = q(&mut c, "SELECT pg_encoding_to_char(encoding)::text FROM pg_database WHERE datname = current_database()")?;
+        if encoding != "UTF8" {
+            return Err(SourceError::NotUtf8(encoding));
+        }
+        let max: i64 = q(&mut c, "SELECT current_setting('max_wal_senders')")?.parse().unwrap_or(0);
+        let used: i64 = q(&mut c, "SELECT count(*)::text FROM pg_stat_replication")?.parse().unwrap_or(0);
+        if max - used < 1 {
+            return Err(SourceError::NoWalSender { max, used });
+        }
+        let max_slots: i64 = q(&mut c, "SELECT current_setting('max_replication_slots')")?.parse().unwrap_or(0);
+        let used_slots: i64 = q(&mut c, "SELECT count(*)::text FROM pg_replication_slots")?.parse().unwrap_or(0);
+        let exists = |c: &mut Client, sql: &str, name: &str| -> Result<bool, SourceError> {
+            Ok(c.query_opt(sql, &[&name]).map_err(|e| SourceError::Query(e.to_string()))?.is_some())
+        };
+        if exists(&mut c, "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", slot)? {
+            return Err(SourceError::SlotExists(slot.to_string()));
+        }
+        if max_slots - used_slots < 1 {
+            return Err(SourceError::NoSlotFree { max: max_slots, used: used_slots });
+        }
+        if exists(&mut c, "SELECT 1 FROM pg_publication WHERE pubname = $1", publication)? {
+            return Err(SourceError::PublicationExists(publication.to_string()));
+        }
+        Ok(SourceInfo { major: num / 10000, version, wal_level })
+    }
+
+    /// Drops a publication if it exists.
+    pub fn drop_publication(&self, publication: &str) -> Result<(), SourceError> {
+        let mut c = self.connect()?;
+        c.batch_execute(&format!("DROP PUBLICATION IF EXISTS \"{}\"", publication.replace('"', "\"\"")))
+            .map_err(|e| SourceError::Query(e.to_string()))
     }
 
     /// Drops a replication slot if it exists (waiting briefly for its sender to go).

@@ -77,8 +77,18 @@ impl Daemon {
         let mut v = json!({
             "source": redact(&f.source_url),
             "slot": f.slot,
+            "mode": f.mode,
             "state": if f.stopped { "stopped" } else if self.servers.is_running(MAIN) { "streaming" } else { "starting" },
         });
+        if f.mode == "logical" {
+            v["publication"] = json!(f.publication);
+            v["config"] = json!(f.config_name);
+            v["strict"] = json!(f.strict);
+            if !f.stopped {
+                self.logical_status(&f, &mut v);
+            }
+            return v;
+        }
         if let (false, Some(server), Ok(source)) = (f.stopped, self.servers.server(MAIN), Source::parse(&f.source_url)) {
             match follower::measure(&source, &server) {
                 Ok(lag) => {
@@ -206,19 +216,112 @@ impl Daemon {
         {
             let mut st = self.servers.state.lock();
             st.servers.insert(MAIN.to_string(), spec);
-            st.follower = Some(FollowerConfig { source_url, slot, pg_bin: pg_bin.into(), user: source.user.clone(), dbname: source.dbname.clone(), stopped: false });
+            st.follower = Some(FollowerConfig {
+                source_url,
+                slot,
+                pg_bin: pg_bin.into(),
+                user: source.user.clone(),
+                dbname: source.dbname.clone(),
+                stopped: false,
+                mode: "physical".into(),
+                publication: None,
+                config_name: None,
+                strict: true,
+            });
         }
         self.servers.save()?;
         self.servers.start(MAIN, &path)?;
         Ok(json!({ "url": self.servers.url(MAIN)? }))
     }
 
+    /// Starts main as an ordinary read-write server for the masked follower to fill.
+    fn logical_main_start(&self, user: String, dbname: String, pg_bin: String) -> Result<Value> {
+        let path = self.layout.mount_point(MAIN);
+        pg::configure_access(&path)?;
+        let spec = new_spec(&user, &dbname, &PgBin(PathBuf::from(pg_bin)), false)?;
+        let password = spec.password.clone();
+        let port = spec.port;
+        self.servers.state.lock().servers.insert(MAIN.to_string(), spec);
+        self.servers.save()?;
+        self.servers.start(MAIN, &path)?;
+        Ok(json!({ "socket_dir": self.servers.socket_dir(MAIN), "port": port, "password": password }))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn follow_register_logical(
+        &self,
+        source_url: String,
+        slot: String,
+        publication: String,
+        pg_bin: String,
+        config_name: String,
+        config_text: String,
+        strict: bool,
+    ) -> Result<Value> {
+        let source = Source::parse(&source_url)?;
+        self.write_transform_config(&config_text)?;
+        let f = FollowerConfig {
+            source_url,
+            slot,
+            pg_bin: pg_bin.into(),
+            user: source.user.clone(),
+            dbname: source.dbname.clone(),
+            stopped: false,
+            mode: "logical".into(),
+            publication: Some(publication),
+            config_name: Some(config_name),
+            strict,
+        };
+        self.servers.state.lock().follower = Some(f.clone());
+        self.servers.save()?;
+        self.start_logical(&f)?;
+        Ok(json!({ "url": self.servers.url(MAIN)? }))
+    }
+
+    /// Keeps the transform config in the store (0600 in the 0700 data directory), so
+    /// the stream resumes with it after any restart.
+    fn write_transform_config(&self, text: &str) -> Result<()> {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        let path = self.layout.transform_config();
+        let tmp = path.with_extension("yaml.tmp");
+        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(text.as_bytes())?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, &path).with_context(|| format!("writing {}", path.display()))
+    }
+
+    fn follow_reload(&self, config_name: String, config_text: String) -> Result<Value> {
+        let Some(mut f) = self.servers.state.lock().follower.clone().filter(|f| f.mode == "logical") else {
+            bail!("no masked follower is configured (see `pgbranch clone stream --config`)")
+        };
+        pgbranch_replicator::transform::TransformConfig::parse(&config_name, &config_text)?;
+        self.stop_logical();
+        self.write_transform_config(&config_text)?;
+        f.config_name = Some(config_name);
+        f.stopped = false;
+        self.servers.state.lock().follower = Some(f.clone());
+        self.servers.save()?;
+        self.start_logical(&f)?;
+        Ok(json!({ "reloaded": true }))
+    }
+
     fn follow_stop(&self, drop_slot: bool) -> Result<Value> {
         let Some(f) = self.servers.state.lock().follower.clone() else { bail!("no follower is configured (see `pgbranch clone stream`)") };
-        self.servers.stop(MAIN, false)?;
         let mut dropped = false;
-        if drop_slot {
-            dropped = Source::parse(&f.source_url)?.drop_slot(&f.slot)?;
+        if f.mode == "logical" {
+            // main stays up as an ordinary server; only the stream stops.
+            self.stop_logical();
+            if drop_slot {
+                let source = Source::parse(&f.source_url)?;
+                dropped = source.drop_slot(&f.slot)?;
+                source.drop_publication(f.publication.as_deref().unwrap_or(&f.slot))?;
+            }
+        } else {
+            self.servers.stop(MAIN, false)?;
+            if drop_slot {
+                dropped = Source::parse(&f.source_url)?.drop_slot(&f.slot)?;
+            }
         }
         if let Some(f) = self.servers.state.lock().follower.as_mut() {
             f.stopped = true;
@@ -308,6 +411,16 @@ impl Daemon {
             }
             Request::FollowRegister { source_url, slot, pg_bin } => self.follow_register(source_url, slot, pg_bin),
             Request::FollowStop { drop_slot } => self.follow_stop(drop_slot),
+            Request::LogicalMainStart { user, dbname, pg_bin } => self.logical_main_start(user, dbname, pg_bin),
+            Request::FollowRegisterLogical { source_url, slot, publication, pg_bin, config_name, config_text, strict } => {
+                self.follow_register_logical(source_url, slot, publication, pg_bin, config_name, config_text, strict)
+            }
+            Request::FollowReload { config_name, config_text } => self.follow_reload(config_name, config_text),
+            Request::FollowSourceUrl => {
+                let f = self.servers.state.lock().follower.clone();
+                let f = f.context("no follower is configured (see `pgbranch clone stream`)")?;
+                Ok(json!({ "source_url": f.source_url }))
+            }
             Request::Du => Ok(serde_json::to_value(self.repo.usage()?)?),
             Request::Gc => Ok(serde_json::to_value(self.repo.gc()?)?),
             Request::Verify => Ok(serde_json::to_value(self.repo.verify()?)?),

@@ -1,6 +1,7 @@
 //! The daemon: owns the repository and every mount, commits in the background, and
 //! answers the CLI over the control socket.
 
+mod follower;
 mod handlers;
 pub mod servers;
 
@@ -37,6 +38,8 @@ pub struct Daemon {
     pub started: Instant,
     pub owner: (u32, u32),
     pub servers: servers::Servers,
+    /// The masked follower's stream thread, when one runs.
+    logical: Mutex<Option<follower::LogicalRunner>>,
     stopping: AtomicBool,
     _lock: std::fs::File,
 }
@@ -91,6 +94,7 @@ impl Daemon {
             signal: Arc::new(CommitSignal::new(DIRTY_SOFT_LIMIT)),
             started: Instant::now(),
             owner,
+            logical: Mutex::new(None),
             stopping: AtomicBool::new(false),
             _lock: lock,
         });
@@ -105,6 +109,20 @@ impl Daemon {
     pub fn restore_servers(self: &Arc<Self>) {
         let d = self.clone();
         std::thread::spawn(move || {
+            d.restore_servers_now();
+            // The masked follower's stream resumes once main's server is back.
+            let follower = d.servers.state.lock().follower.clone();
+            if let Some(f) = follower.filter(|f| f.mode == "logical" && !f.stopped) {
+                if let Err(e) = d.start_logical(&f) {
+                    tracing::error!("could not resume the masked follower: {e:#}");
+                }
+            }
+        });
+    }
+
+    fn restore_servers_now(&self) {
+        let d = self;
+        {
             let wanted: Vec<String> =
                 d.servers.state.lock().servers.iter().filter(|(_, s)| s.running).map(|(n, _)| n.clone()).collect();
             // Orphans first, all at once: each may take a moment to die.
@@ -125,7 +143,7 @@ impl Daemon {
                     tracing::error!("could not restart postgres on branch {name}: {e:#}");
                 }
             }
-        });
+        }
     }
 
     /// Detaches mounts a dead daemon left behind (they would answer ENOTCONN forever).
@@ -259,6 +277,7 @@ impl Daemon {
     /// Commits everything and unmounts (lazily, so a stuck client cannot hang us).
     pub fn shutdown(&self) {
         self.stopping.store(true, Ordering::Relaxed);
+        self.stop_logical();
         self.servers.stop_all();
         if let Err(e) = self.repo.commit_all() {
             tracing::error!("final commit failed: {e}; the intent logs still hold every change");

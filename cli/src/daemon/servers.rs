@@ -44,6 +44,25 @@ pub struct FollowerConfig {
     pub user: String,
     pub dbname: String,
     pub stopped: bool,
+    /// "physical" (a hot standby) or "logical" (masked, into a read-write main).
+    #[serde(default = "physical")]
+    pub mode: String,
+    #[serde(default)]
+    pub publication: Option<String>,
+    /// The transform config's name as the user gave it (for messages); its text is
+    /// in the store (`data/transform.yaml`).
+    #[serde(default)]
+    pub config_name: Option<String>,
+    #[serde(default = "yes")]
+    pub strict: bool,
+}
+
+fn physical() -> String {
+    "physical".into()
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Default, Serialize, Deserialize)]

@@ -5,13 +5,13 @@
 //! Transforms are deterministic under a secret key: one input gives one output
 //! everywhere (joins on masked values still match) and a re-sync gives the same data.
 //!
-//! Status: config, validation and transformers are here and unit-tested; the logical
-//! follower that applies them to a change stream is not built yet (issue #4).
+//! The logical follower ([`crate::logical`]) masks every row through a [`TablePlan`].
 
 mod transformers;
 mod words;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -76,7 +76,7 @@ struct RawColumn {
 #[derive(Debug)]
 pub struct TransformConfig {
     pub file: String,
-    pub tables: BTreeMap<String, BTreeMap<String, Transformer>>,
+    pub tables: BTreeMap<String, BTreeMap<String, Arc<Transformer>>>,
     lines: BTreeMap<(String, String), usize>,
 }
 
@@ -97,9 +97,11 @@ impl TransformConfig {
         })?;
         let mut tables = BTreeMap::new();
         let mut lines = BTreeMap::new();
+        // Each table entry's own line, so a column's line is searched after its table's.
+        let mut table_line = 0;
         for t in raw.transformations.table_transformers {
             let key = format!("{}.{}", t.schema, t.table);
-            let table_line = line_of(text, "table", 1);
+            table_line = line_of(text, "table", table_line + 1);
             let mut cols = BTreeMap::new();
             for (column, spec) in t.column_transformers {
                 let line = line_of(text, &column, table_line);
@@ -122,7 +124,7 @@ impl TransformConfig {
                     },
                 })?;
                 lines.insert((key.clone(), column.clone()), line);
-                cols.insert(column, tr);
+                cols.insert(column, Arc::new(tr));
             }
             tables.insert(key, cols);
         }
@@ -173,6 +175,22 @@ impl TransformConfig {
         Ok(())
     }
 
+    /// Whether the config names `column` of `table` (with a transformer or `keep`).
+    pub fn covers(&self, table: &str, column: &str) -> bool {
+        self.tables.get(table).is_some_and(|t| t.contains_key(column))
+    }
+
+    /// The transformers of `table` by column position, for rows laid out as `columns`.
+    pub fn plan(&self, table: &str, columns: &[String]) -> TablePlan {
+        let cols = self.tables.get(table);
+        let by_position: Vec<Option<Arc<Transformer>>> = columns
+            .iter()
+            .map(|c| cols.and_then(|t| t.get(c)).filter(|tr| !matches!(***tr, Transformer::Keep)).cloned())
+            .collect();
+        let has_template = by_position.iter().flatten().any(|t| t.is_template());
+        TablePlan { columns: columns.to_vec(), by_position, has_template }
+    }
+
     /// Transforms one row of `table` in place; columns are (name, value) pairs.
     pub fn apply(&self, key: &[u8; 32], table: &str, row: &mut [(String, Value)]) {
         let Some(cols) = self.tables.get(table) else { return };
@@ -191,6 +209,45 @@ impl TransformConfig {
                 Some(tr) if tr.is_template() => tr.apply(key, name, &new, &transformed),
                 _ => new,
             };
+        }
+    }
+}
+
+/// One table's transformers laid out by column position: built once per table layout
+/// so that masking a row costs no lookups by name.
+#[derive(Clone, Debug)]
+pub struct TablePlan {
+    columns: Vec<String>,
+    by_position: Vec<Option<Arc<Transformer>>>,
+    has_template: bool,
+}
+
+impl TablePlan {
+    /// True when every column passes unchanged (no transformer, or `keep`).
+    pub fn is_identity(&self) -> bool {
+        self.by_position.iter().all(Option::is_none)
+    }
+
+    /// Masks one row in place: `values[i]` is column `i` of the plan's layout.
+    pub fn apply(&self, key: &[u8; 32], values: &mut [Value]) {
+        let none = BTreeMap::new();
+        for (i, v) in values.iter_mut().enumerate() {
+            if let Some(Some(tr)) = self.by_position.get(i) {
+                if !tr.is_template() {
+                    *v = tr.apply(key, &self.columns[i], v, &none);
+                }
+            }
+        }
+        if self.has_template {
+            // Templates see the masked values of the other columns, never raw ones.
+            let masked: BTreeMap<String, Value> = self.columns.iter().cloned().zip(values.iter().cloned()).collect();
+            for (i, v) in values.iter_mut().enumerate() {
+                if let Some(Some(tr)) = self.by_position.get(i) {
+                    if tr.is_template() {
+                        *v = tr.apply(key, &self.columns[i], v, &masked);
+                    }
+                }
+            }
         }
     }
 }

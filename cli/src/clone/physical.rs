@@ -1,6 +1,6 @@
-//! `pgbranch clone stream` / `clone stop`: the physical follower, from the CLI's side.
-//! The CLI checks the source, makes the initial copy with a progress bar, and hands the
-//! running follower to the daemon, which keeps it streaming across restarts.
+//! `pgbranch clone stream` without a transform config: the physical follower, from the
+//! CLI's side. The CLI checks the source, makes the initial copy with a progress bar,
+//! and hands the running follower to the daemon, which keeps it streaming.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -15,8 +15,6 @@ use crate::api::Request;
 use crate::client;
 use crate::daemon::MAIN;
 use crate::layout::Layout;
-
-pub const DEFAULT_SLOT: &str = "pgbranch";
 
 /// Checks the source, copies it into `main` and starts following it. Returns main's URL.
 pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<PathBuf>, quiet: bool) -> Result<String> {
@@ -73,19 +71,4 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
             Err(e).context("starting the standby on main failed")
         }
     }
-}
-
-/// "8h", "30m", "45s", "2d" -> seconds.
-pub fn parse_duration(text: &str) -> Result<u64> {
-    let text = text.trim();
-    let (num, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let n: u64 = num.parse().with_context(|| format!("invalid duration '{text}': use e.g. 30m, 8h, 2d"))?;
-    let mult = match unit {
-        "s" | "" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86400,
-        _ => bail!("invalid duration '{text}': the unit is s, m, h or d"),
-    };
-    Ok(n * mult)
 }

@@ -1,0 +1,695 @@
+//! The client side of PostgreSQL's streaming replication protocol, for logical
+//! replication: a `replication=database` connection (startup, password/md5/SCRAM
+//! authentication, simple queries and replication commands) and the CopyBoth stream
+//! of `START_REPLICATION ... LOGICAL`. Blocking I/O over TCP or a unix socket, no TLS.
+//! Framing and authentication primitives come from `postgres-protocol`.
+
+use std::fmt;
+use std::io::{self, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
+use std::str::FromStr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, BytesMut};
+use postgres::config::{ChannelBinding, Host, SslMode};
+use postgres_protocol::authentication::md5_hash;
+use postgres_protocol::authentication::sasl::{self, ScramSha256};
+use postgres_protocol::message::{backend::Header, frontend};
+
+/// A WAL position.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xffff_ffff)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid LSN {0:?}: expected two hexadecimal numbers separated by '/', like 0/16B3748")]
+pub struct ParseLsnError(String);
+
+impl FromStr for Lsn {
+    type Err = ParseLsnError;
+    fn from_str(s: &str) -> Result<Lsn, ParseLsnError> {
+        let err = || ParseLsnError(s.to_string());
+        let (hi, lo) = s.trim().split_once('/').ok_or_else(err)?;
+        let hex = |p: &str| {
+            if p.is_empty() || p.len() > 8 || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(err());
+            }
+            u32::from_str_radix(p, 16).map_err(|_| err())
+        };
+        Ok(Lsn((u64::from(hex(hi)?) << 32) | u64::from(hex(lo)?)))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    /// The socket failed; the message names the server address.
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    /// An ErrorResponse from the server.
+    #[error("server error {code}: {message}{}", .detail.as_deref().map(|d| format!(" (detail: {d})")).unwrap_or_default())]
+    Server { code: String, message: String, detail: Option<String> },
+    #[error("authentication: {0}")]
+    Auth(String),
+    #[error("replication protocol: {0}")]
+    Protocol(String),
+    /// The connection settings cannot be used (no host or user, TLS required, ...).
+    #[error("replication connection settings: {0}")]
+    Config(String),
+    /// The server ended the replication stream (CopyDone, end of streaming at
+    /// shutdown, or the connection closed without an error message).
+    #[error("replication stream ended: {0}")]
+    StreamEnded(String),
+}
+
+impl WireError {
+    /// The SQLSTATE of a server error.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            WireError::Server { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+type Result<T, E = WireError> = std::result::Result<T, E>;
+
+/// What `CREATE_REPLICATION_SLOT ... EXPORT_SNAPSHOT` returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedSlot {
+    pub slot: String,
+    /// Changes committed after this point are streamed; everything before is in the snapshot.
+    pub consistent_point: Lsn,
+    /// For `SET TRANSACTION SNAPSHOT`, valid until the next command on the connection.
+    pub snapshot_name: String,
+}
+
+/// What `IDENTIFY_SYSTEM` returned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SystemInfo {
+    pub system_id: String,
+    pub timeline: u32,
+    /// The current WAL flush position of the server.
+    pub xlog_pos: Lsn,
+    pub dbname: Option<String>,
+}
+
+/// One message of the replication stream.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StreamMsg {
+    /// `data` is one pgoutput message (see [`super::pgoutput::decode`]).
+    XLogData { wal_start: Lsn, wal_end: Lsn, data: Vec<u8> },
+    /// With `reply_requested`, answer with [`ReplicationConn::send_status`] soon, or
+    /// the server drops the connection after `wal_sender_timeout`.
+    Keepalive { wal_end: Lsn, reply_requested: bool },
+}
+
+enum Stream {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Stream {
+    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
+    }
+    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Unix(s) => s.set_write_timeout(t),
+        }
+    }
+}
+
+impl Read for Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
+        }
+    }
+}
+
+impl Write for Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.flush(),
+            Stream::Unix(s) => s.flush(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Idle,
+    Streaming,
+    /// After a fatal error or the end of the stream: nothing more can be done.
+    Broken,
+}
+
+/// A `replication=database` connection. Holds no password.
+pub struct ReplicationConn {
+    stream: Stream,
+    peer: String,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+    scratch: Vec<u8>,
+    read_timeout: Option<Duration>,
+    state: State,
+    server_version: Option<String>,
+}
+
+impl fmt::Debug for ReplicationConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplicationConn")
+            .field("peer", &self.peer)
+            .field("state", &self.state)
+            .field("server_version", &self.server_version)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A complete backend message: its tag and its body (without the length word).
+struct Frame {
+    tag: u8,
+    body: BytesMut,
+}
+
+const POSTGRES_EPOCH_UNIX_SECS: u64 = 946_684_800;
+
+/// Microseconds since 2000-01-01 (the server's clock epoch).
+fn now_pg_micros() -> i64 {
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    unix.as_micros() as i64 - (POSTGRES_EPOCH_UNIX_SECS as i64) * 1_000_000
+}
+
+fn parse_error_fields(body: &[u8]) -> WireError {
+    let (mut code, mut message, mut detail, mut severity) = (String::new(), String::new(), None, String::new());
+    let mut rest = body;
+    while let Some((&kind, tail)) = rest.split_first() {
+        if kind == 0 {
+            break;
+        }
+        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
+        let value = String::from_utf8_lossy(&tail[..end]).into_owned();
+        rest = tail.get(end + 1..).unwrap_or(&[]);
+        match kind {
+            b'C' => code = value,
+            b'M' => message = value,
+            b'D' => detail = Some(value),
+            b'V' => severity = value,
+            _ => {}
+        }
+    }
+    if !severity.is_empty() {
+        message = format!("{severity}: {message}");
+    }
+    WireError::Server { code, message, detail }
+}
+
+fn be_u64(b: &[u8]) -> u64 {
+    u64::from_be_bytes(b[..8].try_into().unwrap())
+}
+
+/// Double-quotes an identifier for a replication command.
+fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+impl ReplicationConn {
+    /// Connects with `replication=database` to the host/port/user/password/dbname of
+    /// `config` (first host; a unix socket directory means `<dir>/.s.PGSQL.<port>`),
+    /// connect timeout from the config or 10 s. Auth: trust, cleartext, md5 and
+    /// SCRAM-SHA-256 without channel binding. No TLS: `sslmode=require` is refused.
+    pub fn connect(config: &postgres::Config) -> Result<Self> {
+        if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
+            return Err(WireError::Config("TLS is not supported: use sslmode=disable or prefer".into()));
+        }
+        if config.get_channel_binding() == ChannelBinding::Require {
+            return Err(WireError::Config("channel binding needs TLS, which is not supported".into()));
+        }
+        let user = config.get_user().ok_or_else(|| WireError::Config("no user given".into()))?;
+        let dbname = config.get_dbname().unwrap_or(user);
+        let port = config.get_ports().first().copied().unwrap_or(5432);
+        let timeout = config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
+        let (stream, peer) = match (config.get_hosts().first(), config.get_hostaddrs().first()) {
+            (Some(Host::Unix(dir)), _) => {
+                let path = dir.join(format!(".s.PGSQL.{port}"));
+                let peer = path.display().to_string();
+                let s = UnixStream::connect(&path)
+                    .map_err(|e| io::Error::new(e.kind(), format!("connecting to postgres at {peer}: {e}")))?;
+                (Stream::Unix(s), peer)
+            }
+            (host, addr) => {
+                let name = match (host, addr) {
+                    (_, Some(ip)) => ip.to_string(),
+                    (Some(Host::Tcp(h)), None) => h.clone(),
+                    _ => return Err(WireError::Config("no host given".into())),
+                };
+                let peer = if name.contains(':') { format!("[{name}]:{port}") } else { format!("{name}:{port}") };
+                let s = connect_tcp(&name, port, timeout)
+                    .map_err(|e| io::Error::new(e.kind(), format!("connecting to postgres at {peer}: {e}")))?;
+                (Stream::Tcp(s), peer)
+            }
+        };
+        let mut conn = ReplicationConn {
+            stream,
+            peer,
+            rbuf: BytesMut::with_capacity(64 * 1024),
+            wbuf: BytesMut::with_capacity(1024),
+            scratch: vec![0; 64 * 1024],
+            read_timeout: None,
+            state: State::Idle,
+            server_version: None,
+        };
+        conn.stream.set_write_timeout(Some(timeout)).map_err(|e| conn.io_err(e))?;
+        let deadline = Instant::now() + timeout;
+        conn.startup(config, user, dbname, deadline)?;
+        // Replication commands may wait a long time (e.g. for running transactions
+        // before a slot is consistent), so only the startup is bounded by the timeout.
+        conn.stream.set_write_timeout(None).map_err(|e| conn.io_err(e))?;
+        Ok(conn)
+    }
+
+    /// The server's `server_version` parameter, as reported at startup.
+    pub fn server_version(&self) -> Option<&str> {
+        self.server_version.as_deref()
+    }
+
+    fn io_err(&self, e: io::Error) -> WireError {
+        WireError::Io(io::Error::new(e.kind(), format!("postgres at {}: {e}", self.peer)))
+    }
+
+    fn startup(&mut self, config: &postgres::Config, user: &str, dbname: &str, deadline: Instant) -> Result<()> {
+        let mut params = vec![
+            ("user", user),
+            ("database", dbname),
+            ("replication", "database"),
+            ("client_encoding", "UTF8"),
+            ("application_name", config.get_application_name().unwrap_or("pgbranch")),
+        ];
+        if let Some(options) = config.get_options() {
+            params.push(("options", options));
+        }
+        frontend::startup_message(params, &mut self.wbuf).map_err(|e| WireError::Config(format!("startup parameters: {e}")))?;
+        self.flush()?;
+        let password = config.get_password();
+        let need_password = || WireError::Auth("the server asks for a password, but none was given".into());
+        let mut scram: Option<ScramSha256> = None;
+        loop {
+            let frame = self.startup_frame(deadline)?;
+            match frame.tag {
+                b'R' => {}
+                b'E' => return Err(self.fatal(parse_error_fields(&frame.body))),
+                b'N' | b'v' => continue,
+                t => return Err(WireError::Protocol(format!("unexpected message {:?} during authentication", t as char))),
+            }
+            let mut body = &frame.body[..];
+            if body.len() < 4 {
+                return Err(WireError::Protocol("short authentication message".into()));
+            }
+            let kind = body.get_i32();
+            match kind {
+                0 => break,
+                3 => frontend::password_message(password.ok_or_else(need_password)?, &mut self.wbuf)
+                    .map_err(|_| WireError::Auth("the password contains a NUL byte".into()))?,
+                5 => {
+                    let salt: [u8; 4] = body.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| WireError::Protocol("short md5 salt".into()))?;
+                    let hash = md5_hash(user.as_bytes(), password.ok_or_else(need_password)?, salt);
+                    frontend::password_message(hash.as_bytes(), &mut self.wbuf).map_err(|e| WireError::Protocol(e.to_string()))?;
+                }
+                10 => {
+                    let mechanisms: Vec<&[u8]> = body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
+                    if !mechanisms.contains(&&b"SCRAM-SHA-256"[..]) {
+                        let names: Vec<_> = mechanisms.iter().map(|m| String::from_utf8_lossy(m)).collect();
+                        return Err(WireError::Auth(format!("no supported SASL mechanism offered (server offers {})", names.join(", "))));
+                    }
+                    let s = ScramSha256::new(password.ok_or_else(need_password)?, sasl::ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.wbuf)
+                        .map_err(|e| WireError::Protocol(e.to_string()))?;
+                    scram = Some(s);
+                }
+                11 => {
+                    let s = scram.as_mut().ok_or_else(|| WireError::Protocol("SASL continue without a SASL start".into()))?;
+                    s.update(body).map_err(|e| WireError::Auth(format!("SCRAM-SHA-256: {e}")))?;
+                    frontend::sasl_response(s.message(), &mut self.wbuf).map_err(|e| WireError::Protocol(e.to_string()))?;
+                }
+                12 => {
+                    let s = scram.as_mut().ok_or_else(|| WireError::Protocol("SASL final without a SASL start".into()))?;
+                    s.finish(body).map_err(|e| WireError::Auth(format!("SCRAM-SHA-256: {e}")))?;
+                    continue;
+                }
+                2 => return Err(WireError::Auth("Kerberos V5 authentication is not supported".into())),
+                7 | 8 => return Err(WireError::Auth("GSSAPI authentication is not supported".into())),
+                9 => return Err(WireError::Auth("SSPI authentication is not supported".into())),
+                other => return Err(WireError::Auth(format!("unsupported authentication request {other}"))),
+            }
+            self.flush()?;
+        }
+        loop {
+            let frame = self.startup_frame(deadline)?;
+            match frame.tag {
+                b'Z' => return Ok(()),
+                b'S' => {
+                    let mut parts = frame.body[..].split(|&b| b == 0);
+                    if parts.next() == Some(&b"server_version"[..]) {
+                        self.server_version = parts.next().map(|v| String::from_utf8_lossy(v).into_owned());
+                    }
+                }
+                b'K' | b'N' => {}
+                b'E' => return Err(self.fatal(parse_error_fields(&frame.body))),
+                t => return Err(WireError::Protocol(format!("unexpected message {:?} after authentication", t as char))),
+            }
+        }
+    }
+
+    fn startup_frame(&mut self, deadline: Instant) -> Result<Frame> {
+        match self.read_frame(Some(deadline))? {
+            Some(f) => Ok(f),
+            None => Err(self.io_err(io::Error::new(io::ErrorKind::TimedOut, "no answer to the connection startup in time"))),
+        }
+    }
+
+    fn fatal(&mut self, e: WireError) -> WireError {
+        self.state = State::Broken;
+        e
+    }
+
+    fn flush(&mut self) -> Result<()> {
+        let r = self.stream.write_all(&self.wbuf).and_then(|_| self.stream.flush());
+        self.wbuf.clear();
+        r.map_err(|e| {
+            self.state = State::Broken;
+            self.io_err(e)
+        })
+    }
+
+    /// The next complete message, reading as needed until `deadline` (None: forever).
+    /// Partial messages stay in the buffer, so a timeout loses nothing.
+    fn read_frame(&mut self, deadline: Option<Instant>) -> Result<Option<Frame>> {
+        loop {
+            if let Some(header) = Header::parse(&self.rbuf).map_err(|e| self.fatal(WireError::Protocol(e.to_string())))? {
+                let total = header.len() as usize + 1;
+                if self.rbuf.len() >= total {
+                    let mut frame = self.rbuf.split_to(total);
+                    frame.advance(5);
+                    return Ok(Some(Frame { tag: header.tag(), body: frame }));
+                }
+            }
+            let timeout = match deadline {
+                None => None,
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return Ok(None);
+                    }
+                    Some((d - now).max(Duration::from_millis(1)))
+                }
+            };
+            if timeout != self.read_timeout {
+                self.stream.set_read_timeout(timeout).map_err(|e| self.io_err(e))?;
+                self.read_timeout = timeout;
+            }
+            match self.stream.read(&mut self.scratch) {
+                Ok(0) => {
+                    self.state = State::Broken;
+                    return Err(if self.rbuf.is_empty() {
+                        WireError::StreamEnded(format!("postgres at {} closed the connection", self.peer))
+                    } else {
+                        WireError::StreamEnded(format!("postgres at {} closed the connection in the middle of a message", self.peer))
+                    });
+                }
+                Ok(n) => self.rbuf.extend_from_slice(&self.scratch[..n]),
+                Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(None);
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.state = State::Broken;
+                    return Err(self.io_err(e));
+                }
+            }
+        }
+    }
+
+    fn require(&self, want: State, what: &str) -> Result<()> {
+        if self.state == want {
+            return Ok(());
+        }
+        Err(WireError::Protocol(match self.state {
+            State::Broken => format!("{what}: the connection is no longer usable after an earlier error"),
+            State::Streaming => format!("{what}: the connection is streaming"),
+            State::Idle => format!("{what}: the connection is not streaming (call start_logical first)"),
+        }))
+    }
+
+    /// Simple query; returns the rows of the last result set as text (None = NULL).
+    /// Statements without rows (`SET`, ...) do not replace earlier rows.
+    pub fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
+        self.require(State::Idle, "simple query")?;
+        frontend::query(sql, &mut self.wbuf).map_err(|_| WireError::Protocol("the query contains a NUL byte".into()))?;
+        self.flush()?;
+        let mut rows = Vec::new();
+        let mut error = None;
+        loop {
+            let frame = self.read_frame(None)?.expect("no deadline");
+            match frame.tag {
+                b'T' => rows.clear(),
+                b'D' => rows.push(parse_data_row(&frame.body)?),
+                b'C' | b'I' | b'N' | b'S' => {}
+                b'E' => error = Some(parse_error_fields(&frame.body)),
+                b'Z' => return error.map_or(Ok(rows), Err),
+                b'G' | b'H' | b'W' => {
+                    return Err(self.fatal(WireError::Protocol("simple_query cannot run COPY or START_REPLICATION".into())))
+                }
+                t => return Err(self.fatal(WireError::Protocol(format!("unexpected message {:?} in a query result", t as char)))),
+            }
+        }
+    }
+
+    /// `IDENTIFY_SYSTEM`: system id, timeline, current WAL flush position, database.
+    pub fn identify_system(&mut self) -> Result<SystemInfo> {
+        let rows = self.simple_query("IDENTIFY_SYSTEM")?;
+        let row = one_row(&rows, 4, "IDENTIFY_SYSTEM")?;
+        let text = |i: usize| row[i].clone().ok_or_else(|| WireError::Protocol(format!("IDENTIFY_SYSTEM: column {i} is NULL")));
+        Ok(SystemInfo {
+            system_id: text(0)?,
+            timeline: text(1)?.parse().map_err(|_| WireError::Protocol("IDENTIFY_SYSTEM: bad timeline".into()))?,
+            xlog_pos: text(2)?.parse().map_err(|e: ParseLsnError| WireError::Protocol(e.to_string()))?,
+            dbname: row[3].clone(),
+        })
+    }
+
+    /// `CREATE_REPLICATION_SLOT "<slot>" LOGICAL pgoutput EXPORT_SNAPSHOT` (the legacy
+    /// syntax, accepted by PostgreSQL 10 to 17). The exported snapshot stays valid until
+    /// the next command on this connection.
+    pub fn create_logical_slot(&mut self, slot: &str) -> Result<CreatedSlot> {
+        let rows = self.simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT", quote_ident(slot)))?;
+        let row = one_row(&rows, 3, "CREATE_REPLICATION_SLOT")?;
+        let text = |i: usize| row[i].clone().ok_or_else(|| WireError::Protocol(format!("CREATE_REPLICATION_SLOT: column {i} is NULL")));
+        Ok(CreatedSlot {
+            slot: text(0)?,
+            consistent_point: text(1)?.parse().map_err(|e: ParseLsnError| WireError::Protocol(e.to_string()))?,
+            snapshot_name: text(2)?,
+        })
+    }
+
+    /// `START_REPLICATION SLOT "<slot>" LOGICAL <start> (proto_version '1',
+    /// publication_names '"<publication>"')`; returns once the server switched to
+    /// CopyBoth. Transactions whose commit ends at or before `start` (or before the
+    /// slot's confirmed flush position, if later) are not sent.
+    pub fn start_logical(&mut self, slot: &str, start: Lsn, publication: &str) -> Result<()> {
+        self.require(State::Idle, "START_REPLICATION")?;
+        let publications = quote_ident(publication).replace('\'', "''");
+        let sql = format!(
+            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names '{publications}')",
+            quote_ident(slot)
+        );
+        frontend::query(&sql, &mut self.wbuf).map_err(|_| WireError::Protocol("a name contains a NUL byte".into()))?;
+        self.flush()?;
+        let mut error = None;
+        loop {
+            let frame = self.read_frame(None)?.expect("no deadline");
+            match frame.tag {
+                b'W' if error.is_none() => {
+                    self.state = State::Streaming;
+                    return Ok(());
+                }
+                b'N' | b'S' | b'C' => {}
+                b'E' => error = Some(parse_error_fields(&frame.body)),
+                b'Z' => {
+                    return Err(error.unwrap_or_else(|| WireError::Protocol("START_REPLICATION finished without streaming".into())))
+                }
+                t => return Err(self.fatal(WireError::Protocol(format!("unexpected message {:?} after START_REPLICATION", t as char)))),
+            }
+        }
+    }
+
+    /// The next message of the stream; `Ok(None)` if none arrived within `timeout`
+    /// (a partly received message is kept for the next call). An ErrorResponse becomes
+    /// `WireError::Server`; the end of the stream (CopyDone, the end of streaming at
+    /// server shutdown, the connection closing) becomes `WireError::StreamEnded`.
+    pub fn recv(&mut self, timeout: Duration) -> Result<Option<StreamMsg>> {
+        self.require(State::Streaming, "recv")?;
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(frame) = self.read_frame(Some(deadline))? else { return Ok(None) };
+            let body = &frame.body[..];
+            match frame.tag {
+                b'd' => match body.first() {
+                    Some(b'w') if body.len() >= 25 => {
+                        return Ok(Some(StreamMsg::XLogData {
+                            wal_start: Lsn(be_u64(&body[1..])),
+                            wal_end: Lsn(be_u64(&body[9..])),
+                            data: body[25..].to_vec(),
+                        }))
+                    }
+                    Some(b'k') if body.len() >= 18 => {
+                        return Ok(Some(StreamMsg::Keepalive { wal_end: Lsn(be_u64(&body[1..])), reply_requested: body[17] != 0 }))
+                    }
+                    other => {
+                        let what = other.map_or("an empty".to_string(), |t| format!("a {:?}", *t as char));
+                        return Err(self.fatal(WireError::Protocol(format!("{what} CopyData message of {} bytes in the stream", body.len()))));
+                    }
+                },
+                b'N' | b'S' => {}
+                b'E' => return Err(self.fatal(parse_error_fields(body))),
+                b'c' => return Err(self.fatal(WireError::StreamEnded("the server sent CopyDone".into()))),
+                b'C' => {
+                    let tag = String::from_utf8_lossy(body.strip_suffix(b"\0").unwrap_or(body)).into_owned();
+                    return Err(self.fatal(WireError::StreamEnded(format!("the server finished streaming ({tag}), e.g. at shutdown"))));
+                }
+                t => return Err(self.fatal(WireError::Protocol(format!("unexpected message {:?} in the stream", t as char)))),
+            }
+        }
+    }
+
+    /// Standby status update: the positions written, flushed (durably applied; the
+    /// slot's `confirmed_flush_lsn` follows it) and applied, the client clock, and
+    /// whether the server should answer with a keepalive at once.
+    pub fn send_status(&mut self, written: Lsn, flushed: Lsn, applied: Lsn, reply_requested: bool) -> Result<()> {
+        self.require(State::Streaming, "send_status")?;
+        let mut msg = Vec::with_capacity(34);
+        msg.push(b'r');
+        for lsn in [written, flushed, applied] {
+            msg.extend_from_slice(&lsn.0.to_be_bytes());
+        }
+        msg.extend_from_slice(&now_pg_micros().to_be_bytes());
+        msg.push(u8::from(reply_requested));
+        frontend::CopyData::new(&msg[..]).map_err(|e| WireError::Protocol(e.to_string()))?.write(&mut self.wbuf);
+        self.flush()
+    }
+}
+
+impl Drop for ReplicationConn {
+    /// Says goodbye, so the server ends the session (and releases the slot) at once.
+    fn drop(&mut self) {
+        if self.state == State::Broken {
+            return;
+        }
+        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(1)));
+        self.wbuf.clear();
+        frontend::terminate(&mut self.wbuf);
+        let _ = self.stream.write_all(&self.wbuf);
+    }
+}
+
+fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name resolves to no address");
+    for addr in (host, port).to_socket_addrs()? {
+        match TcpStream::connect_timeout(&addr, timeout) {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                return Ok(s);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>> {
+    let bad = || WireError::Protocol("malformed DataRow".into());
+    let mut b = body;
+    if b.len() < 2 {
+        return Err(bad());
+    }
+    let n = b.get_u16() as usize;
+    let mut row = Vec::with_capacity(n);
+    for _ in 0..n {
+        if b.len() < 4 {
+            return Err(bad());
+        }
+        let len = b.get_i32();
+        if len < 0 {
+            row.push(None);
+            continue;
+        }
+        let len = len as usize;
+        if b.len() < len {
+            return Err(bad());
+        }
+        let text = std::str::from_utf8(&b[..len]).map_err(|_| WireError::Protocol("a value in a query result is not UTF-8".into()))?;
+        row.push(Some(text.to_string()));
+        b.advance(len);
+    }
+    Ok(row)
+}
+
+fn one_row<'a>(rows: &'a [Vec<Option<String>>], min_cols: usize, what: &str) -> Result<&'a Vec<Option<String>>> {
+    match rows {
+        [row] if row.len() >= min_cols => Ok(row),
+        _ => Err(WireError::Protocol(format!("{what}: expected one row of at least {min_cols} columns, got {rows:?}"))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lsn_text_round_trip() {
+        let lsn: Lsn = "0/16B3748".parse().unwrap();
+        assert_eq!(lsn, Lsn(0x16B3748));
+        assert_eq!(lsn.to_string(), "0/16B3748");
+        assert_eq!(Lsn(0x1_0000_00FF).to_string(), "1/FF");
+        assert_eq!("a/b".parse::<Lsn>().unwrap(), Lsn(0xA_0000_000B));
+        for bad in ["", "0", "0/", "/1", "x/1", "1/2/3", "123456789/0", "-1/0"] {
+            let e = bad.parse::<Lsn>().unwrap_err();
+            assert!(e.to_string().contains("like 0/16B3748"), "{e}");
+        }
+    }
+
+    #[test]
+    fn error_response_fields() {
+        let body = b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed for user \"x\"\0Dsome detail\0\0";
+        let e = parse_error_fields(body);
+        assert_eq!(e.code(), Some("28P01"));
+        let text = e.to_string();
+        assert!(text.contains("28P01") && text.contains("FATAL: password authentication failed") && text.contains("some detail"), "{text}");
+    }
+
+    #[test]
+    fn data_row_with_null_and_truncation() {
+        let mut body = vec![0, 2, 0, 0, 0, 2, b'h', b'i', 0xff, 0xff, 0xff, 0xff];
+        assert_eq!(parse_data_row(&body).unwrap(), vec![Some("hi".to_string()), None]);
+        body.truncate(7);
+        assert!(parse_data_row(&body).is_err());
+    }
+}
