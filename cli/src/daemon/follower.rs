@@ -73,7 +73,8 @@ impl Daemon {
     /// The masked follower's part of `status`.
     pub(super) fn logical_status(&self, f: &FollowerConfig, v: &mut Value) {
         let Some(status) = self.logical.lock().as_ref().map(|r| r.status.lock().clone()) else {
-            v["state"] = json!("stopped");
+            // Not started yet: the daemon brings main's server back first.
+            v["state"] = json!("starting");
             return;
         };
         v["state"] = json!(status.state);
