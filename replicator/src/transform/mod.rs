@@ -7,6 +7,7 @@
 //!
 //! The logical follower ([`crate::logical`]) masks every row through a [`TablePlan`].
 
+mod fpe;
 mod transformers;
 mod words;
 
@@ -31,7 +32,7 @@ pub enum ConfigError {
     UnknownColumn { file: String, table: String, column: String },
     #[error("{file}: strict validation: these columns have no transformer (name each, or mark it `keep`): {columns}")]
     Uncovered { file: String, columns: String },
-    #[error("{file}:{line}: {table}.{column} has a unique index, but '{name}' can map two values to one; use hash, uuid or email (without preserve_length), or keep")]
+    #[error("{file}:{line}: {table}.{column} has a unique index, but '{name}' can map two values to one; use email, hash (length >= 16), uuid, or keep")]
     NotUnique { file: String, line: usize, table: String, column: String, name: String },
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use regex::Regex;
 
-use super::words;
+use super::{fpe, words};
 
 /// A column value as text (postgres' text output format), or NULL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -255,7 +255,9 @@ impl Transformer {
         match self {
             Transformer::Keep | Transformer::Uuid => true,
             Transformer::Hash { length } => *length >= 16,
-            Transformer::Email { preserve_length, .. } => !preserve_length,
+            // Either a keyed permutation (preserve_length) or 20 random characters
+            // drawn from the value's keyed hash (a collision is ~2^-100 likely).
+            Transformer::Email { .. } => true,
             _ => false,
         }
     }
@@ -277,12 +279,14 @@ impl Transformer {
             Transformer::Literal(v) => v.clone(),
             Transformer::Email { preserve_domain, preserve_length } => {
                 let (local, domain) = text.rsplit_once('@').unwrap_or((text, "example.com"));
-                let new_local = if *preserve_length { rng.alnum(local.chars().count().max(1)) } else { rng.alnum(20) };
+                // Length-preserving masking is a keyed permutation (format-preserving),
+                // so distinct emails stay distinct: fine under a unique index.
+                let new_local = if *preserve_length { fpe::mask_alnum(key, "email-local", local) } else { rng.alnum(20) };
                 let new_domain = if *preserve_domain {
                     domain.to_string()
                 } else if *preserve_length {
                     let (name, tld) = domain.rsplit_once('.').unwrap_or((domain, "com"));
-                    format!("{}.{tld}", rng.letters(name.chars().count().max(1)))
+                    format!("{}.{tld}", fpe::mask_alnum(key, "email-domain", name))
                 } else {
                     rng.pick(&["example.com", "example.net", "example.org"]).to_string()
                 };
