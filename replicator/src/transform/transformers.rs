@@ -77,6 +77,11 @@ impl Stream {
 fn fit(mut s: String, len: usize, rng: &mut Stream) -> String {
     if s.chars().count() > len {
         s = s.chars().take(len).collect();
+        // "Bianca Ng" cut to 7 would end in a space; end on a letter instead.
+        if s.ends_with(' ') {
+            s.pop();
+            s.push_str(&rng.letters(1).to_uppercase());
+        }
     }
     while s.chars().count() < len {
         s.push_str(&rng.letters(1));
