@@ -8,4 +8,5 @@ pub mod daemon;
 pub mod demo;
 pub mod layout;
 pub mod output;
+pub mod pii;
 pub use pgbranch_replicator::pg;

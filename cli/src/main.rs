@@ -59,6 +59,9 @@ enum Command {
     },
     /// Stop the daemon: commit everything, unmount every branch.
     Stop,
+    /// Find likely PII in a source database (no daemon needed).
+    #[command(subcommand)]
+    Pii(PiiCmd),
     /// The main job: follow a source (a throwaway local one with pgbench data when no
     /// --source-url is given), cut a branch, query it, print its URL.
     Demo {
@@ -161,6 +164,26 @@ enum CloneCmd {
 enum Validation {
     Strict,
     Relaxed,
+}
+
+#[derive(Subcommand)]
+enum PiiCmd {
+    /// Guess PII columns by name and sampled values; write a transform config that
+    /// covers every column (guesses marked for review) to --write FILE or stdout.
+    Scan {
+        /// postgresql:// URL of the source (any user that can read its tables).
+        #[arg(long, value_name = "URL")]
+        source_url: String,
+        /// Write the config to FILE (refused if FILE exists, unless --force).
+        #[arg(long, value_name = "FILE")]
+        write: Option<PathBuf>,
+        /// Non-null values to sample per column (0: judge by names and types only).
+        #[arg(long, value_name = "N", default_value_t = pgbranch::pii::DEFAULT_SAMPLE)]
+        sample: usize,
+        /// Overwrite FILE if it exists.
+        #[arg(long, requires = "write")]
+        force: bool,
+    },
 }
 
 #[derive(Subcommand)]
@@ -298,6 +321,9 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
         },
+        Command::Pii(PiiCmd::Scan { source_url, write, sample, force }) => {
+            pgbranch::pii::scan(&source_url, write.as_deref(), sample, force)
+        }
         Command::Du { json } => output::du(&client::call(&layout, &Request::Du)?, json),
         Command::Gc { json } => output::gc(&client::call(&layout, &Request::Gc)?, json),
         Command::Verify { json } => output::verify(&client::call(&layout, &Request::Verify)?, json),

@@ -7,5 +7,6 @@ pub mod catalog;
 pub mod follower;
 pub mod logical;
 pub mod pg;
+pub mod pii;
 pub mod source;
 pub mod transform;

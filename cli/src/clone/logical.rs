@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgbranch_replicator::catalog::SourceSchema;
-use pgbranch_replicator::logical::copy::{copy_tables, CopyTable};
+use pgbranch_replicator::logical::copy::{copy_tables, CopyTable, Masking};
 use pgbranch_replicator::logical::schema::{self, Target};
 use pgbranch_replicator::logical::stream;
 use pgbranch_replicator::logical::wire::ReplicationConn;
@@ -222,7 +222,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        let r = copy_tables(&source.config, &slot.snapshot_name, &target.config(), &tables, &config, &key, workers, &rows);
+        let r = copy_tables(&source.config, &slot.snapshot_name, &target.config(), &tables, Masking { config: &config, key: &key }, workers, &rows);
         done.store(true, Ordering::Relaxed);
         r
     });

@@ -36,6 +36,13 @@ pub struct CopyStats {
     pub bytes_in: u64,
 }
 
+/// How values are masked: the config's transformers under the store's key.
+#[derive(Clone, Copy)]
+pub struct Masking<'a> {
+    pub config: &'a TransformConfig,
+    pub key: &'a [u8; 32],
+}
+
 /// Copies `tables` from the source, under the exported `snapshot`, into main.
 /// `rows` counts copied rows as it goes (for a progress bar).
 pub fn copy_tables(
@@ -43,11 +50,11 @@ pub fn copy_tables(
     snapshot: &str,
     main: &Config,
     tables: &[CopyTable],
-    config: &TransformConfig,
-    key: &[u8; 32],
+    masking: Masking,
     workers: usize,
     rows: &AtomicU64,
 ) -> Result<CopyStats, CopyError> {
+    let (config, key) = (masking.config, masking.key);
     let mut order: Vec<&CopyTable> = tables.iter().collect();
     order.sort_by_key(|t| std::cmp::Reverse(t.bytes));
     let next = AtomicUsize::new(0);
