@@ -331,7 +331,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Stop => {
             match client::try_connect(&layout) {
                 Some(conn) => {
-                    client::call_on(conn, &Request::Shutdown)?;
+                    let data = client::call_on(conn, &Request::Shutdown)?;
+                    // Return only once the daemon is gone, so the store can be opened.
+                    if let Some(pid) = data["stopping"].as_i64() {
+                        let t = std::time::Instant::now();
+                        while unsafe { libc::kill(pid as i32, 0) } == 0 && t.elapsed() < std::time::Duration::from_secs(10) {
+                            std::thread::sleep(std::time::Duration::from_millis(20));
+                        }
+                    }
                     println!("daemon stopped");
                 }
                 None => println!("no daemon is running for {}", layout.root.display()),

@@ -81,13 +81,58 @@ pub struct TransformConfig {
     lines: BTreeMap<(String, String), usize>,
 }
 
-/// The line of `needle` (a column key) at or after `from` in the YAML text.
-fn line_of(text: &str, needle: &str, from: usize) -> usize {
-    text.lines()
-        .enumerate()
-        .skip(from.saturating_sub(1))
-        .find(|(_, l)| l.trim_start().starts_with(&format!("{needle}:")))
-        .map_or(0, |(i, _)| i + 1)
+fn indent(line: &str) -> usize {
+    line.len() - line.trim_start().len()
+}
+
+/// Where each table entry of the config starts and where each of its column keys is
+/// (1-based lines), in the order of the entries. YAML parsers drop positions of keys,
+/// so this follows the file's indentation: the entries of `table_transformers`, and
+/// the keys one level below each entry's `column_transformers`.
+fn entry_lines(text: &str) -> Vec<(usize, BTreeMap<String, usize>)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let skip = |l: &str| l.trim().is_empty() || l.trim_start().starts_with('#');
+    let Some(list) = lines.iter().position(|l| l.trim_start().starts_with("table_transformers:")) else { return Vec::new() };
+    let mut entries: Vec<(usize, BTreeMap<String, usize>)> = Vec::new();
+    let mut entry_indent = None;
+    let mut i = list + 1;
+    while i < lines.len() {
+        let (line, text) = (lines[i], lines[i].trim_start());
+        if skip(line) {
+            i += 1;
+            continue;
+        }
+        let is_item = text == "-" || text.starts_with("- ");
+        if indent(line) <= indent(lines[list]) && !is_item {
+            break;
+        }
+        if is_item && *entry_indent.get_or_insert(indent(line)) == indent(line) {
+            entries.push((i + 1, BTreeMap::new()));
+        }
+        let key = text.trim_start_matches('-').trim_start();
+        if key.starts_with("column_transformers:") {
+            let key_indent = indent(line) + (text.len() - key.len());
+            let mut child_indent = None;
+            i += 1;
+            while i < lines.len() {
+                let l = lines[i];
+                if !skip(l) {
+                    if indent(l) <= key_indent {
+                        break;
+                    }
+                    if *child_indent.get_or_insert(indent(l)) == indent(l) {
+                        if let (Some((name, _)), Some(entry)) = (l.trim_start().split_once(':'), entries.last_mut()) {
+                            entry.1.insert(name.trim().trim_matches('"').trim_matches('\'').to_string(), i + 1);
+                        }
+                    }
+                }
+                i += 1;
+            }
+            continue;
+        }
+        i += 1;
+    }
+    entries
 }
 
 impl TransformConfig {
@@ -98,14 +143,13 @@ impl TransformConfig {
         })?;
         let mut tables = BTreeMap::new();
         let mut lines = BTreeMap::new();
-        // Each table entry's own line, so a column's line is searched after its table's.
-        let mut table_line = 0;
-        for t in raw.transformations.table_transformers {
+        let positions = entry_lines(text);
+        for (n, t) in raw.transformations.table_transformers.into_iter().enumerate() {
             let key = format!("{}.{}", t.schema, t.table);
-            table_line = line_of(text, "table", table_line + 1);
+            let (table_line, columns_at) = positions.get(n).cloned().unwrap_or_default();
             let mut cols = BTreeMap::new();
             for (column, spec) in t.column_transformers {
-                let line = line_of(text, &column, table_line);
+                let line = columns_at.get(&column).copied().unwrap_or(table_line);
                 let tr = Transformer::from_config(&spec.name, &spec.parameters).map_err(|e| match e {
                     transformers::BuildError::Unknown => ConfigError::UnknownTransformer {
                         file: file.into(),

@@ -124,3 +124,26 @@ fn every_transformer_does_what_it_says() {
     assert_eq!(text(&apply(&build("name: string"), "secret")).len(), 6);
     assert_eq!(apply(&build("name: keep"), "kept"), Value::Text("kept".into()));
 }
+
+#[test]
+fn error_lines_follow_each_entry_and_its_column_keys() {
+    let yaml = "transformations:
+  table_transformers:
+    - table: users
+      column_transformers:
+        name:
+          name: full_name
+        email: {name: email}
+    # a comment
+    - table: events
+      column_transformers:
+        id:
+          name: hash
+          parameters: {length: 4}
+";
+    let err = TransformConfig::parse("t.yaml", yaml).unwrap_err().to_string();
+    assert!(err.contains("t.yaml:11:") && err.contains("public.events.id"), "{err}");
+    let bad_name = yaml.replace("name: full_name", "name: fullname_x");
+    let err = TransformConfig::parse("t.yaml", &bad_name).unwrap_err().to_string();
+    assert!(err.contains("t.yaml:5:") && err.contains("unknown transformer 'fullname_x'"), "{err}");
+}
