@@ -12,7 +12,7 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgbranch_replicator::catalog::SourceSchema;
 use pgbranch_replicator::logical::copy::{copy_tables, CopyTable, Masking};
-use pgbranch_replicator::logical::schema::{self, Target};
+use pgbranch_replicator::logical::schema::{self, SchemaArchive, Target};
 use pgbranch_replicator::logical::stream;
 use pgbranch_replicator::logical::wire::ReplicationConn;
 use pgbranch_replicator::pg::{Owner, PgBin};
@@ -122,7 +122,11 @@ fn initdb(bin: &PgBin, owner: &Owner, path: &Path, locale: &str) -> Result<()> {
     // Cheap WAL file handling on copy-on-write storage.
     let auto = path.join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
-    text.push_str("\n# --- pgbranch: masked follower main ---\nwal_init_zero = off\nwal_recycle = off\nmax_wal_size = '2GB'\n");
+    // wal_level=minimal: the initial copy loads each table in the transaction that
+    // truncated it, so its rows need no WAL (main serves no replicas).
+    text.push_str(
+        "\n# --- pgbranch: masked follower main ---\nwal_level = minimal\nmax_wal_senders = 0\nwal_init_zero = off\nwal_recycle = off\nmax_wal_size = '2GB'\n",
+    );
     std::fs::write(&auto, text).with_context(|| format!("writing {}", auto.display()))?;
     Ok(())
 }
@@ -177,7 +181,8 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     };
     schema::load_roles(&source, &target)?;
     schema::create_database(&target, &db_owner)?;
-    schema::load_pre_data(&source, &target)?;
+    let archive = SchemaArchive::dump(&source, &target)?;
+    archive.restore_pre_data(&target)?;
     say(&format!("main: schema and roles of {} tables copied ({:.1}s)", schema.tables.len(), started.elapsed().as_secs_f64()));
 
     let mut src = source.connect()?;
@@ -230,7 +235,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     let stats = copied.context("initial copy failed; nothing was left behind")?;
     let copy_secs = copy_started.elapsed().as_secs_f64();
 
-    for e in schema::load_post_data(&source, &target)? {
+    for e in archive.restore_post_data(&target, workers)? {
         eprintln!("warning: main: {e}");
     }
     let mut main = target.config().connect(postgres::NoTls).context("connecting to main")?;

@@ -1,8 +1,9 @@
 //! Roles and schema from the source into main, with the stock tools: roles by
-//! `pg_dumpall --roles-only --no-role-passwords`; the schema by `pg_dump`, in two
-//! sections as `pg_restore` does it: tables before the copy (`pre-data`), indexes,
-//! constraints and triggers after it (`post-data`), so they are built once over the
-//! copied rows. No row data ever passes through here.
+//! `pg_dumpall --roles-only --no-role-passwords`; the schema by `pg_dump -Fc
+//! --schema-only`, restored in two sections as `pg_restore` does it: tables before the
+//! copy (`pre-data`), indexes, constraints and triggers after it (`post-data`, in
+//! parallel), so they are built once over the copied rows. No row data ever passes
+//! through here.
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -116,22 +117,74 @@ pub fn create_database(target: &Target, owner: &str) -> Result<(), SchemaError> 
     Ok(())
 }
 
-/// The part of the schema before the data: types, tables, sequences, functions, views.
-pub fn load_pre_data(source: &Source, target: &Target) -> Result<(), SchemaError> {
-    load_section(source, target, "pre-data", true).map(|_| ())
+/// The source's schema (no rows) as a `pg_dump -Fc --schema-only` archive in main's
+/// private socket directory, readable by the user main runs as; restored in two
+/// sections around the copy, the second with parallel jobs like `pg_restore -j`.
+pub struct SchemaArchive {
+    path: PathBuf,
 }
 
-/// The part after the data: indexes, constraints, triggers, rules. Goes on after an
-/// error (e.g. a foreign key that masking broke) and returns the errors.
-pub fn load_post_data(source: &Source, target: &Target) -> Result<Vec<String>, SchemaError> {
-    load_section(source, target, "post-data", false)
+impl SchemaArchive {
+    pub fn dump(source: &Source, target: &Target) -> Result<SchemaArchive, SchemaError> {
+        let path = target.socket_dir.join("schema.dump");
+        let mut dump = Command::new(target.bin.tool("pg_dump"));
+        let conn = source_env(&mut dump, source);
+        dump.args(["-Fc", "--schema-only", "--no-publications", "--no-subscriptions", "--no-tablespaces", "--no-security-labels", "-f"])
+            .arg(&path)
+            .arg("-d")
+            .arg(conn);
+        let out = dump.output().map_err(|e| SchemaError::Tool { what: "pg_dump --schema-only".into(), message: e.to_string() })?;
+        if !out.status.success() {
+            return Err(SchemaError::Tool {
+                what: "dumping the schema of the source (pg_dump --schema-only)".into(),
+                message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+            });
+        }
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+        unsafe {
+            libc::chown(c.as_ptr(), target.owner.uid, target.owner.gid);
+        }
+        Ok(SchemaArchive { path })
+    }
+
+    /// Types, tables, sequences, functions, views: everything the rows need. Stops at
+    /// the first error.
+    pub fn restore_pre_data(&self, target: &Target) -> Result<(), SchemaError> {
+        self.restore(target, "pre-data", 1, true).map(|_| ())
+    }
+
+    /// Indexes, constraints, triggers, rules, over the copied rows, `jobs` at a time.
+    /// Goes on after an error (e.g. a foreign key that masking broke) and returns them.
+    pub fn restore_post_data(&self, target: &Target, jobs: usize) -> Result<Vec<String>, SchemaError> {
+        self.restore(target, "post-data", jobs, false)
+    }
+
+    fn restore(&self, target: &Target, section: &str, jobs: usize, exit_on_error: bool) -> Result<Vec<String>, SchemaError> {
+        let what = format!("restoring the schema on main (pg_restore --section={section})");
+        let mut cmd = target.owner.command(target.bin.tool("pg_restore"));
+        cmd.arg(format!("--section={section}"))
+            .arg(format!("--jobs={}", jobs.max(1)))
+            .args(["-U", "postgres", "-h"])
+            .arg(&target.socket_dir)
+            .arg("-p")
+            .arg(target.port.to_string())
+            .args(["-d", &target.dbname]);
+        if exit_on_error {
+            cmd.arg("--exit-on-error");
+        }
+        cmd.arg(&self.path);
+        let out = cmd.output().map_err(|e| SchemaError::Tool { what: what.clone(), message: e.to_string() })?;
+        let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+        let errors: Vec<String> = stderr.lines().filter(|l| l.contains("error:") && !l.contains("errors ignored on restore")).map(str::to_string).collect();
+        if exit_on_error && !out.status.success() {
+            return Err(SchemaError::Tool { what, message: stderr.trim().to_string() });
+        }
+        Ok(errors)
+    }
 }
 
-fn load_section(source: &Source, target: &Target, section: &str, stop_on_error: bool) -> Result<Vec<String>, SchemaError> {
-    let mut dump = Command::new(target.bin.tool("pg_dump"));
-    let conn = source_env(&mut dump, source);
-    dump.arg(format!("--section={section}"))
-        .args(["--no-publications", "--no-subscriptions", "--no-tablespaces", "--no-security-labels", "-d"])
-        .arg(conn);
-    pipe(dump, target.psql(&target.dbname, stop_on_error), &format!("copying the schema (pg_dump --section={section})"))
+impl Drop for SchemaArchive {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
