@@ -276,9 +276,13 @@ impl Daemon {
 
     /// Commits everything and unmounts (lazily, so a stuck client cannot hang us).
     pub fn shutdown(&self) {
-        self.stopping.store(true, Ordering::Relaxed);
         self.stop_logical();
+        // The committer keeps running while the servers stop: their shutdown
+        // checkpoints can write more than the dirty limit, and writers past it wait
+        // for a commit.
         self.servers.stop_all();
+        self.stopping.store(true, Ordering::Relaxed);
+        self.signal.nudge();
         if let Err(e) = self.repo.commit_all() {
             tracing::error!("final commit failed: {e}; the intent logs still hold every change");
         }
