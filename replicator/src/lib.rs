@@ -1,6 +1,7 @@
 //! pgbranch-replicator: everything that talks to postgres — running stock postgres
 //! binaries as the right user ([`pg`]), checking and following a source database
-//! ([`source`], [`basebackup`], [`follower`]). Nothing here knows about FUSE.
+//! ([`source`], [`basebackup`], [`follower`]), reading its replicated schema
+//! ([`catalog`]) and scanning it for PII ([`pii`]). Nothing here knows about FUSE.
 
 pub mod basebackup;
 pub mod catalog;

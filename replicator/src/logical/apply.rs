@@ -3,6 +3,7 @@
 //! (masked) replica identity. Masking is deterministic, so the masked old key of a row
 //! is exactly the key main stored for it.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use super::pgoutput::{Datum, OldTuple, Relation, Tuple};
@@ -54,6 +55,46 @@ impl TableState {
             .collect();
         self.plan.apply(key, &mut values);
         (values, present)
+    }
+}
+
+impl TableState {
+    /// Template columns of an update. A template is always set (its inputs may have
+    /// changed while its own value did not), and when an input is an unchanged TOAST
+    /// value — not sent by the source — that input is read from main's row, which
+    /// holds it masked already: the template becomes a SQL expression.
+    fn template_exprs(&self, values: &[Value], present: &mut [bool]) -> BTreeMap<usize, String> {
+        let mut exprs = BTreeMap::new();
+        let mut by_name: Vec<usize> = (0..self.columns.len()).collect();
+        by_name.sort_by(|a, b| self.columns[*a].cmp(&self.columns[*b]));
+        let template_columns: Vec<usize> = self.plan.templates().map(|(i, _)| i).collect();
+        for (i, template) in self.plan.templates() {
+            present[i] = true;
+            let inputs: Vec<usize> =
+                by_name.iter().copied().filter(|&j| template.contains(&format!("{{{}}}", self.columns[j]))).collect();
+            if inputs.iter().all(|&j| present[j] || template_columns.contains(&j)) {
+                continue;
+            }
+            // The same replacements, in the same (name) order, as the transformer's.
+            let mut e = String::new();
+            push_literal(&mut e, &Value::Text(template.to_string()));
+            for j in inputs {
+                let mut placeholder = String::new();
+                push_literal(&mut placeholder, &Value::Text(format!("{{{}}}", self.columns[j])));
+                let value = if template_columns.contains(&j) {
+                    "''".to_string() // templates read other templates as "", as the transformer does
+                } else if present[j] {
+                    let mut lit = String::new();
+                    push_literal(&mut lit, &Value::Text(match &values[j] { Value::Text(s) => s.clone(), Value::Null => String::new() }));
+                    lit
+                } else {
+                    format!("coalesce({}::text, '')", quote_ident(&self.columns[j]))
+                };
+                e = format!("replace({e}, {placeholder}, {value})");
+            }
+            exprs.insert(i, e);
+        }
+        exprs
     }
 }
 
@@ -120,7 +161,8 @@ impl SqlBatch {
 
     pub fn update(&mut self, t: &TableState, key: &[u8; 32], old: Option<OldTuple>, new: Tuple) {
         self.close_insert();
-        let (new_values, new_present) = t.mask(key, new);
+        let (new_values, mut new_present) = t.mask(key, new);
+        let exprs = t.template_exprs(&new_values, &mut new_present);
         let _ = write!(self.sql, "UPDATE {} SET ", t.quoted);
         let mut first = true;
         for (i, v) in new_values.iter().enumerate() {
@@ -132,7 +174,10 @@ impl SqlBatch {
             }
             first = false;
             let _ = write!(self.sql, "{} = ", quote_ident(&t.columns[i]));
-            push_literal(&mut self.sql, v);
+            match exprs.get(&i) {
+                Some(e) => self.sql.push_str(e),
+                None => push_literal(&mut self.sql, v),
+            }
         }
         match old {
             Some(OldTuple::Key(k)) | Some(OldTuple::Full(k)) => {

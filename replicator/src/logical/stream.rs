@@ -233,7 +233,7 @@ impl Stream<'_> {
                 }
                 return Ok(());
             }
-            let busy = !self.batch.is_empty() || self.in_txn;
+            let busy = !self.batch.is_empty() || self.in_txn || self.batch_end.is_some() || self.main_txn_open;
             let timeout = if busy { Duration::from_millis(1) } else { Duration::from_millis(250) };
             let msg = self.repl.recv(timeout).map_err(|e| StreamError::Transient(format!("the replication stream from the source ended: {e}")))?;
             match msg {
@@ -248,7 +248,10 @@ impl Stream<'_> {
                 }
                 Some(StreamMsg::Keepalive { wal_end, reply_requested }) => {
                     self.received = self.received.max(wal_end);
-                    let idle = !self.in_txn && self.batch.is_empty();
+                    // Idle only when nothing received is waiting for main: SQL already
+                    // sent in pieces leaves the batch empty while main's transaction is
+                    // still open, and confirming past it could lose it in a crash.
+                    let idle = !self.in_txn && self.batch.is_empty() && self.batch_end.is_none() && !self.main_txn_open;
                     if idle {
                         let mut s = self.status.lock();
                         s.confirmed_lsn = s.confirmed_lsn.max(wal_end);

@@ -238,22 +238,11 @@ impl TransformConfig {
 
     /// Transforms one row of `table` in place; columns are (name, value) pairs.
     pub fn apply(&self, key: &[u8; 32], table: &str, row: &mut [(String, Value)]) {
-        let Some(cols) = self.tables.get(table) else { return };
-        let originals: BTreeMap<String, Value> = row.iter().cloned().collect();
-        let mut out: Vec<Value> = Vec::with_capacity(row.len());
-        for (name, value) in row.iter() {
-            out.push(match cols.get(name) {
-                Some(tr) => tr.apply(key, name, value, &originals),
-                None => value.clone(),
-            });
-        }
-        // Templates see the transformed values of the other columns, never raw ones.
-        let transformed: BTreeMap<String, Value> = row.iter().map(|(n, _)| n.clone()).zip(out.iter().cloned()).collect();
-        for ((name, value), new) in row.iter_mut().zip(out) {
-            *value = match cols.get(name) {
-                Some(tr) if tr.is_template() => tr.apply(key, name, &new, &transformed),
-                _ => new,
-            };
+        let names: Vec<String> = row.iter().map(|(n, _)| n.clone()).collect();
+        let mut values: Vec<Value> = row.iter().map(|(_, v)| v.clone()).collect();
+        self.plan(table, &names).apply(key, &mut values);
+        for ((_, v), new) in row.iter_mut().zip(values) {
+            *v = new;
         }
     }
 }
@@ -273,14 +262,27 @@ impl TablePlan {
         self.by_position.iter().all(Option::is_none)
     }
 
+    /// The template columns: (position, template text).
+    pub fn templates(&self) -> impl Iterator<Item = (usize, &str)> {
+        self.by_position.iter().enumerate().filter_map(|(i, t)| match t.as_deref() {
+            Some(Transformer::Template(text)) => Some((i, text.as_str())),
+            _ => None,
+        })
+    }
+
+    /// The plan's column names, in position order.
+    pub fn columns(&self) -> &[String] {
+        &self.columns
+    }
+
     /// Masks one row in place: `values[i]` is column `i` of the plan's layout.
     pub fn apply(&self, key: &[u8; 32], values: &mut [Value]) {
         let none = BTreeMap::new();
         for (i, v) in values.iter_mut().enumerate() {
             if let Some(Some(tr)) = self.by_position.get(i) {
-                if !tr.is_template() {
-                    *v = tr.apply(key, &self.columns[i], v, &none);
-                }
+                // A template column's raw value is dropped before any template reads
+                // the row: templates see masked values only (a template column reads "").
+                *v = if tr.is_template() { Value::Null } else { tr.apply(key, &self.columns[i], v, &none) };
             }
         }
         if self.has_template {

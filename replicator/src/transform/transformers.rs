@@ -43,8 +43,13 @@ pub enum BuildError {
 }
 
 /// Deterministic bytes for one (transformer, value) pair under the key. The column is
-/// not an input, so the same email masks the same way in every table.
-struct Stream(blake3::OutputReader);
+/// not an input, so the same email masks the same way in every table. Read a block
+/// at a time: each read of the output computes a whole 64-byte block.
+struct Stream {
+    reader: blake3::OutputReader,
+    block: [u8; 64],
+    used: usize,
+}
 
 impl Stream {
     fn new(key: &[u8; 32], tag: &str, value: &str) -> Stream {
@@ -52,11 +57,15 @@ impl Stream {
         h.update(tag.as_bytes());
         h.update(&[0]);
         h.update(value.as_bytes());
-        Stream(h.finalize_xof())
+        Stream { reader: h.finalize_xof(), block: [0; 64], used: 64 }
     }
     fn next(&mut self) -> u64 {
-        let mut b = [0u8; 8];
-        self.0.fill(&mut b);
+        if self.used == self.block.len() {
+            self.reader.fill(&mut self.block);
+            self.used = 0;
+        }
+        let b: [u8; 8] = self.block[self.used..self.used + 8].try_into().unwrap();
+        self.used += 8;
         u64::from_le_bytes(b)
     }
     fn below(&mut self, n: u64) -> u64 {
@@ -274,7 +283,7 @@ impl Transformer {
     /// Transforms one value; `row` holds the row's other (transformed) columns.
     pub fn apply(&self, key: &[u8; 32], _column: &str, value: &Value, row: &BTreeMap<String, Value>) -> Value {
         let text = match value {
-            Value::Null => return if matches!(self, Transformer::Literal(_)) { self.apply(key, _column, &Value::Text(String::new()), row) } else { Value::Null },
+            Value::Null => return if matches!(self, Transformer::Literal(_) | Transformer::Template(_)) { self.apply(key, _column, &Value::Text(String::new()), row) } else { Value::Null },
             Value::Text(t) => t.as_str(),
         };
         let mut rng = Stream::new(key, self.name(), text);
