@@ -124,11 +124,24 @@ fn initdb(bin: &PgBin, owner: &Owner, path: &Path, locale: &str) -> Result<()> {
     let mut text = std::fs::read_to_string(&auto).unwrap_or_default();
     // wal_level=minimal: the initial copy loads each table in the transaction that
     // truncated it, so its rows need no WAL (main serves no replicas).
+    // Bigger index builds after the copy; compressed full-page images when the
+    // binaries have lz4 (fewer bytes through FUSE while the stream applies).
     text.push_str(
-        "\n# --- pgbranch: masked follower main ---\nwal_level = minimal\nmax_wal_senders = 0\nwal_init_zero = off\nwal_recycle = off\nmax_wal_size = '2GB'\n",
+        "\n# --- pgbranch: masked follower main ---\nwal_level = minimal\nmax_wal_senders = 0\nwal_init_zero = off\nwal_recycle = off\nmax_wal_size = '2GB'\nmaintenance_work_mem = '256MB'\n",
     );
+    if has_lz4(bin) {
+        text.push_str("wal_compression = lz4\n");
+    }
     std::fs::write(&auto, text).with_context(|| format!("writing {}", auto.display()))?;
     Ok(())
+}
+
+/// Whether these postgres binaries were built with lz4.
+fn has_lz4(bin: &PgBin) -> bool {
+    std::process::Command::new(bin.tool("pg_config"))
+        .arg("--configure")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--with-lz4"))
 }
 
 /// Runs the whole masked clone; returns main's URL.
@@ -235,7 +248,8 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     let stats = copied.context("initial copy failed; nothing was left behind")?;
     let copy_secs = copy_started.elapsed().as_secs_f64();
 
-    for e in archive.restore_post_data(&target, workers)? {
+    let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+    for e in archive.restore_post_data(&target, cpus)? {
         eprintln!("warning: main: {e}");
     }
     let mut main = target.config().connect(postgres::NoTls).context("connecting to main")?;

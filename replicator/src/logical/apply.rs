@@ -20,6 +20,8 @@ pub struct TableState {
     pub quoted: String,
     pub columns: Vec<String>,
     pub type_oids: Vec<u32>,
+    /// Type names on the source without modifiers (casts in a VALUES list).
+    pub type_names: Vec<String>,
     /// Positions of the replica identity columns.
     pub key: Vec<usize>,
     pub full_identity: bool,
@@ -27,12 +29,13 @@ pub struct TableState {
 }
 
 impl TableState {
-    pub fn new(rel: &Relation, plan: TablePlan) -> TableState {
+    pub fn new(rel: &Relation, plan: TablePlan, type_names: Vec<String>) -> TableState {
         TableState {
             qualified: format!("{}.{}", rel.schema, rel.name),
             quoted: format!("{}.{}", quote_ident(&rel.schema), quote_ident(&rel.name)),
             columns: rel.columns.iter().map(|c| c.name.clone()).collect(),
             type_oids: rel.columns.iter().map(|c| c.type_oid).collect(),
+            type_names,
             key: rel.columns.iter().enumerate().filter(|(_, c)| c.key).map(|(i, _)| i).collect(),
             full_identity: rel.replica_identity == b'f',
             plan,
@@ -98,6 +101,35 @@ impl TableState {
     }
 }
 
+impl KeyedGroup {
+    fn open(kind: GroupKind, t: &TableState, columns: Vec<usize>) -> KeyedGroup {
+        let alias: Vec<String> = (0..columns.len()).map(|n| format!("_{n}")).collect();
+        let head = match kind {
+            GroupKind::Update => {
+                let set: Vec<String> = columns
+                    .iter()
+                    .enumerate()
+                    .skip(t.key.len())
+                    .map(|(n, &i)| format!("{} = v._{n}", quote_ident(&t.columns[i])))
+                    .collect();
+                format!("UPDATE {} SET {} FROM (VALUES\n", t.quoted, set.join(", "))
+            }
+            GroupKind::Delete => format!("DELETE FROM {} USING (VALUES\n", t.quoted),
+        };
+        let on: Vec<String> =
+            t.key.iter().enumerate().map(|(n, &k)| format!("{}.{} = v._{n}", t.quoted, quote_ident(&t.columns[k]))).collect();
+        KeyedGroup {
+            kind,
+            table: t.quoted.clone(),
+            columns,
+            keys: Default::default(),
+            values: String::new(),
+            sql_head: head,
+            sql_tail: format!(") AS v({}) WHERE {};\n", alias.join(", "), on.join(" AND ")),
+        }
+    }
+}
+
 /// Appends a SQL literal (standard_conforming_strings = on).
 fn push_literal(out: &mut String, v: &Value) {
     match v {
@@ -121,22 +153,78 @@ pub struct SqlBatch {
     sql: String,
     /// The table whose multi-row INSERT is still open.
     open_insert: Option<String>,
+    /// Updates or deletes by key on one table, applied as one statement.
+    group: Option<KeyedGroup>,
     pub rows: u64,
+}
+
+#[derive(PartialEq)]
+enum GroupKind {
+    Update,
+    Delete,
+}
+
+/// A run of updates (same columns set, key unchanged, each row once) or deletes by
+/// key on one table: one `UPDATE ... FROM (VALUES ...)` or `DELETE ... USING (VALUES
+/// ...)`, joined on the key, instead of a statement per row.
+struct KeyedGroup {
+    kind: GroupKind,
+    table: String,
+    /// Positions: the key columns first, then (updates) the columns set.
+    columns: Vec<usize>,
+    keys: std::collections::HashSet<Vec<Value>>,
+    values: String,
+    sql_head: String,
+    sql_tail: String,
 }
 
 impl SqlBatch {
     pub fn is_empty(&self) -> bool {
-        self.sql.is_empty() && self.open_insert.is_none()
+        self.sql.is_empty() && self.open_insert.is_none() && self.group.is_none()
     }
 
     pub fn len(&self) -> usize {
-        self.sql.len()
+        self.sql.len() + self.group.as_ref().map_or(0, |g| g.values.len())
     }
 
+    /// Ends the open multi-row INSERT or keyed group: the next statement follows it.
     fn close_insert(&mut self) {
         if self.open_insert.take().is_some() {
             self.sql.push_str(";\n");
         }
+        if let Some(g) = self.group.take() {
+            self.sql.push_str(&g.sql_head);
+            self.sql.push_str(&g.values);
+            self.sql.push_str(&g.sql_tail);
+        }
+    }
+
+    /// Adds one row to the keyed group of `kind` on `t` (opening it if needed).
+    /// `columns`: key positions first, then the columns set.
+    fn group_row(&mut self, kind: GroupKind, t: &TableState, columns: Vec<usize>, values: &[Value]) {
+        let key: Vec<Value> = t.key.iter().map(|&k| values[k].clone()).collect();
+        let fits = self.group.as_ref().is_some_and(|g| {
+            g.kind == kind && g.table == t.quoted && g.columns == columns && (kind == GroupKind::Delete || !g.keys.contains(&key))
+        });
+        if !fits {
+            self.close_insert();
+            self.group = Some(KeyedGroup::open(kind, t, columns));
+        }
+        let g = self.group.as_mut().unwrap();
+        let first = g.keys.is_empty();
+        g.values.push_str(if first { "(" } else { ",\n(" });
+        for (n, &i) in g.columns.iter().enumerate() {
+            if n > 0 {
+                g.values.push_str(", ");
+            }
+            push_literal(&mut g.values, &values[i]);
+            if first {
+                // The first row types the VALUES list; the rest follow it.
+                let _ = write!(g.values, "::{}", t.type_names[i]);
+            }
+        }
+        g.values.push(')');
+        g.keys.insert(key);
     }
 
     pub fn insert(&mut self, t: &TableState, key: &[u8; 32], tuple: Tuple) {
@@ -160,9 +248,19 @@ impl SqlBatch {
     }
 
     pub fn update(&mut self, t: &TableState, key: &[u8; 32], old: Option<OldTuple>, new: Tuple) {
-        self.close_insert();
         let (new_values, mut new_present) = t.mask(key, new);
         let exprs = t.template_exprs(&new_values, &mut new_present);
+        let keyed = !t.full_identity && !t.key.is_empty() && t.key.iter().all(|&k| new_present[k]);
+        if keyed && old.is_none() && exprs.is_empty() {
+            let set: Vec<usize> = (0..new_values.len()).filter(|i| new_present[*i] && !t.key.contains(i)).collect();
+            if !set.is_empty() {
+                let columns = t.key.iter().copied().chain(set).collect();
+                self.group_row(GroupKind::Update, t, columns, &new_values);
+            }
+            self.rows += 1;
+            return;
+        }
+        self.close_insert();
         let _ = write!(self.sql, "UPDATE {} SET ", t.quoted);
         let mut first = true;
         for (i, v) in new_values.iter().enumerate() {
@@ -190,9 +288,14 @@ impl SqlBatch {
     }
 
     pub fn delete(&mut self, t: &TableState, key: &[u8; 32], old: OldTuple) {
-        self.close_insert();
         let (OldTuple::Key(k) | OldTuple::Full(k)) = old;
         let (values, present) = t.mask(key, k);
+        if !t.full_identity && !t.key.is_empty() {
+            self.group_row(GroupKind::Delete, t, t.key.clone(), &values);
+            self.rows += 1;
+            return;
+        }
+        self.close_insert();
         let _ = write!(self.sql, "DELETE FROM {}", t.quoted);
         self.push_where(t, &values, &present);
         self.rows += 1;
@@ -279,7 +382,7 @@ mod tests {
         };
         let cols: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
         let plan = cfg.plan("public.users", &cols);
-        (TableState::new(&rel, plan), cfg)
+        (TableState::new(&rel, plan, vec!["integer".into(), "text".into(), "text".into()]), cfg)
     }
 
     #[test]
@@ -296,13 +399,22 @@ mod tests {
     }
 
     #[test]
-    fn updates_skip_unchanged_toast_and_use_the_key() {
+    fn updates_and_deletes_by_key_group_into_one_statement() {
         let (t, _) = users();
         let mut b = SqlBatch::default();
         let k = [1u8; 32];
-        b.update(&t, &k, None, vec![Datum::Text("7".into()), Datum::Text("x@y.z".into()), Datum::UnchangedToast]);
+        let row = |id: &str| vec![Datum::Text(id.into()), Datum::Text("x@y.z".into()), Datum::UnchangedToast];
+        b.update(&t, &k, None, row("7"));
+        b.update(&t, &k, None, row("8"));
+        b.update(&t, &k, None, row("7")); // the same row again: a new statement, in order
+        b.delete(&t, &k, OldTuple::Key(vec![Datum::Text("9".into()), Datum::Null, Datum::Null]));
+        b.delete(&t, &k, OldTuple::Key(vec![Datum::Text("10".into()), Datum::Null, Datum::Null]));
         let sql = b.take_sql();
-        assert!(sql.starts_with("UPDATE \"public\".\"users\" SET \"id\" = '7', \"email\" = '"), "{sql}");
-        assert!(!sql.contains("\"bio\"") && sql.ends_with("WHERE \"id\" = '7';\n"), "{sql}");
+        assert_eq!(sql.matches("UPDATE").count(), 2, "{sql}");
+        assert_eq!(sql.matches("DELETE").count(), 1, "{sql}");
+        assert!(sql.starts_with("UPDATE \"public\".\"users\" SET \"email\" = v._1 FROM (VALUES\n('7'::integer, '"), "{sql}");
+        assert!(!sql.contains("\"bio\"") && !sql.contains("x@y.z"), "unchanged TOAST left alone, values masked: {sql}");
+        assert!(sql.contains("WHERE \"public\".\"users\".\"id\" = v._0;"), "{sql}");
+        assert_eq!(b.rows, 5);
     }
 }

@@ -383,7 +383,15 @@ impl Stream<'_> {
         }
         let cols: Vec<String> = rel.columns.iter().map(|c| c.name.clone()).collect();
         let plan = cfg.plan(&qualified, &cols);
-        self.tables.insert(rel.id, TableState::new(&rel, plan));
+        let oids: Vec<u32> = rel.columns.iter().map(|c| c.type_oid).collect();
+        let type_names: Vec<String> = self
+            .source
+            .query("SELECT format_type(t, NULL) FROM unnest($1::oid[]) WITH ORDINALITY AS u(t, n) ORDER BY n", &[&oids])
+            .map_err(transient("reading column types on the source"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        self.tables.insert(rel.id, TableState::new(&rel, plan, type_names));
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use regex::Regex;
 use super::{fpe, words};
 
 /// A column value as text (postgres' text output format), or NULL.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Value {
     Null,
     Text(String),
