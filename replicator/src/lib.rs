@@ -5,6 +5,7 @@
 
 pub mod basebackup;
 pub mod catalog;
+pub mod civil_date;
 pub mod follower;
 pub mod logical;
 pub mod pg;

@@ -64,6 +64,41 @@ fn target(config: &Config) -> String {
     format!("{host}:{port}")
 }
 
+fn query_text(c: &mut Client, sql: &str) -> Result<String, SourceError> {
+    let row = c.query_one(sql, &[]).map_err(|e| SourceError::Query(e.to_string()))?;
+    Ok(row.get::<_, String>(0))
+}
+
+/// Version and wal_level of the server.
+fn server_info(c: &mut Client) -> Result<SourceInfo, SourceError> {
+    let num: u32 = query_text(c, "SELECT current_setting('server_version_num')")?.parse().unwrap_or(0);
+    let version = query_text(c, "SELECT current_setting('server_version')")?;
+    let wal_level = query_text(c, "SELECT current_setting('wal_level')")?;
+    Ok(SourceInfo { major: num / 10000, version, wal_level })
+}
+
+/// A free WAL sender (`senders` of them), a free replication slot, and `slot` unused.
+fn check_sender_and_slot(c: &mut Client, slot: &str, senders: i64) -> Result<(), SourceError> {
+    let max: i64 = query_text(c, "SELECT current_setting('max_wal_senders')")?.parse().unwrap_or(0);
+    let used: i64 = query_text(c, "SELECT count(*)::text FROM pg_stat_replication")?.parse().unwrap_or(0);
+    if max - used < senders {
+        return Err(SourceError::NoWalSender { max, used });
+    }
+    let max_slots: i64 = query_text(c, "SELECT current_setting('max_replication_slots')")?.parse().unwrap_or(0);
+    let used_slots: i64 = query_text(c, "SELECT count(*)::text FROM pg_replication_slots")?.parse().unwrap_or(0);
+    let exists = c
+        .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
+        .map_err(|e| SourceError::Query(e.to_string()))?
+        .is_some();
+    if exists {
+        return Err(SourceError::SlotExists(slot.to_string()));
+    }
+    if max_slots - used_slots < 1 {
+        return Err(SourceError::NoSlotFree { max: max_slots, used: used_slots });
+    }
+    Ok(())
+}
+
 impl Source {
     pub fn parse(url: &str) -> Result<Source, SourceError> {
         let mut config: Config = url.parse().map_err(|e: postgres::Error| SourceError::BadUrl(e.to_string()))?;
@@ -103,55 +138,28 @@ impl Source {
     /// Everything a physical follower needs from the source, checked in order.
     pub fn check_physical(&self, slot: &str) -> Result<SourceInfo, SourceError> {
         let mut c = self.connect()?;
-        let q = |c: &mut Client, sql: &str| -> Result<String, SourceError> {
-            let row = c.query_one(sql, &[]).map_err(|e| SourceError::Query(e.to_string()))?;
-            Ok(row.get::<_, String>(0))
-        };
-        let num: u32 = q(&mut c, "SELECT current_setting('server_version_num')")?.parse().unwrap_or(0);
-        let version = q(&mut c, "SELECT current_setting('server_version')")?;
-        let wal_level = q(&mut c, "SELECT current_setting('wal_level')")?;
+        let info = server_info(&mut c)?;
+        let wal_level = info.wal_level.clone();
         if wal_level == "minimal" {
             return Err(SourceError::WalLevelMinimal);
         }
         let can_replicate =
-            q(&mut c, "SELECT (rolreplication OR rolsuper)::text FROM pg_roles WHERE rolname = current_user")?;
+            query_text(&mut c, "SELECT (rolreplication OR rolsuper)::text FROM pg_roles WHERE rolname = current_user")?;
         if can_replicate != "true" {
             return Err(SourceError::NoReplicationPrivilege { user: self.user.clone() });
         }
-        let max: i64 = q(&mut c, "SELECT current_setting('max_wal_senders')")?.parse().unwrap_or(0);
-        let used: i64 = q(&mut c, "SELECT count(*)::text FROM pg_stat_replication")?.parse().unwrap_or(0);
         // pg_basebackup -X stream needs two senders while it copies.
-        if max - used < 2 {
-            return Err(SourceError::NoWalSender { max, used });
-        }
-        let max_slots: i64 = q(&mut c, "SELECT current_setting('max_replication_slots')")?.parse().unwrap_or(0);
-        let used_slots: i64 = q(&mut c, "SELECT count(*)::text FROM pg_replication_slots")?.parse().unwrap_or(0);
-        let exists = c
-            .query_opt("SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", &[&slot])
-            .map_err(|e| SourceError::Query(e.to_string()))?
-            .is_some();
-        if exists {
-            return Err(SourceError::SlotExists(slot.to_string()));
-        }
-        if max_slots - used_slots < 1 {
-            return Err(SourceError::NoSlotFree { max: max_slots, used: used_slots });
-        }
-        Ok(SourceInfo { major: num / 10000, version, wal_level })
+        check_sender_and_slot(&mut c, slot, 2)?;
+        Ok(info)
     }
 
     /// Everything a logical (masked) follower needs from the source, checked in order
     /// before anything is created there.
     pub fn check_logical(&self, slot: &str, publication: &str) -> Result<SourceInfo, SourceError> {
         let mut c = self.connect()?;
-        let q = |c: &mut Client, sql: &str| -> Result<String, SourceError> {
-            let row = c.query_one(sql, &[]).map_err(|e| SourceError::Query(e.to_string()))?;
-            Ok(row.get::<_, String>(0))
-        };
-        let num: u32 = q(&mut c, "SELECT current_setting('server_version_num')")?.parse().unwrap_or(0);
-        let version = q(&mut c, "SELECT current_setting('server_version')")?;
-        let wal_level = q(&mut c, "SELECT current_setting('wal_level')")?;
-        if wal_level != "logical" {
-            return Err(SourceError::WalLevelNotLogical(wal_level));
+        let info = server_info(&mut c)?;
+        if info.wal_level != "logical" {
+            return Err(SourceError::WalLevelNotLogical(info.wal_level));
         }
         let (replication, superuser) = {
             let row = c
@@ -165,30 +173,19 @@ impl Source {
         if !superuser {
             return Err(SourceError::NotSuperuser { user: self.user.clone() });
         }
-        let encoding = q(&mut c, "SELECT pg_encoding_to_char(encoding)::text FROM pg_database WHERE datname = current_database()")?;
+        let encoding = query_text(&mut c, "SELECT pg_encoding_to_char(encoding)::text FROM pg_database WHERE datname = current_database()")?;
         if encoding != "UTF8" {
             return Err(SourceError::NotUtf8(encoding));
         }
-        let max: i64 = q(&mut c, "SELECT current_setting('max_wal_senders')")?.parse().unwrap_or(0);
-        let used: i64 = q(&mut c, "SELECT count(*)::text FROM pg_stat_replication")?.parse().unwrap_or(0);
-        if max - used < 1 {
-            return Err(SourceError::NoWalSender { max, used });
-        }
-        let max_slots: i64 = q(&mut c, "SELECT current_setting('max_replication_slots')")?.parse().unwrap_or(0);
-        let used_slots: i64 = q(&mut c, "SELECT count(*)::text FROM pg_replication_slots")?.parse().unwrap_or(0);
-        let exists = |c: &mut Client, sql: &str, name: &str| -> Result<bool, SourceError> {
-            Ok(c.query_opt(sql, &[&name]).map_err(|e| SourceError::Query(e.to_string()))?.is_some())
-        };
-        if exists(&mut c, "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1", slot)? {
-            return Err(SourceError::SlotExists(slot.to_string()));
-        }
-        if max_slots - used_slots < 1 {
-            return Err(SourceError::NoSlotFree { max: max_slots, used: used_slots });
-        }
-        if exists(&mut c, "SELECT 1 FROM pg_publication WHERE pubname = $1", publication)? {
+        check_sender_and_slot(&mut c, slot, 1)?;
+        let publication_exists = c
+            .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&publication])
+            .map_err(|e| SourceError::Query(e.to_string()))?
+            .is_some();
+        if publication_exists {
             return Err(SourceError::PublicationExists(publication.to_string()));
         }
-        Ok(SourceInfo { major: num / 10000, version, wal_level })
+        Ok(info)
     }
 
     /// Drops a publication if it exists.

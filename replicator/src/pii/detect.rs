@@ -8,6 +8,8 @@ use std::sync::OnceLock;
 
 use regex::Regex;
 
+use crate::civil_date::days_from_civil;
+
 /// What kind of PII a column holds.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum PiiKind {
@@ -329,16 +331,6 @@ pub fn is_birth_date(v: &str, today: i64) -> Option<i64> {
     }
     let age = (today - days_from_civil(y, m, d)) as f64 / 365.25;
     (10.0..=110.0).contains(&age).then_some(y)
-}
-
-/// Days since 1970-01-01 of a civil date (H. Hinnant's algorithm).
-pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
 }
 
 /// Whole-value classification of one sampled value (names and birth dates aside).

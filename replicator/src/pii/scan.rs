@@ -8,6 +8,7 @@ use postgres::Client;
 
 use super::detect::{self, Guess, TypeClass};
 use crate::catalog::{quote_ident, SourceSchema, Table};
+use crate::civil_date::civil_date;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
@@ -68,19 +69,6 @@ impl ScanReport {
 pub fn today() -> i64 {
     let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
     (secs / 86400) as i64
-}
-
-/// The civil date of a day count since 1970-01-01, as YYYY-MM-DD.
-pub fn civil_date(z: i64) -> String {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    format!("{:04}-{m:02}-{d:02}", yoe + era * 400 + i64::from(m <= 2))
 }
 
 /// Samples every table of `schema` and classifies every column.

@@ -2,7 +2,8 @@ use std::collections::BTreeSet;
 
 use super::config_writer::{choose, to_yaml, yaml_str, Param};
 use super::detect::*;
-use super::scan::{civil_date, ColumnReport, ScanReport, TableReport};
+use super::scan::{ColumnReport, ScanReport, TableReport};
+use crate::civil_date::{civil_date, days_from_civil};
 use crate::catalog::{Column, SourceSchema, Table};
 use crate::transform::TransformConfig;
 

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use regex::Regex;
 
 use super::{fpe, words};
+use crate::civil_date::{civil_from_days, days_from_civil};
 
 /// A column value as text (postgres' text output format), or NULL.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -117,28 +118,6 @@ fn param_str(p: &yaml_serde::Value, key: &str) -> Result<String, BuildError> {
         .and_then(|v| v.as_str())
         .map(str::to_string)
         .ok_or_else(|| BuildError::Parameter(format!("parameter '{key}' (a string) is required")))
-}
-
-/// Days since 1970-01-01 of a civil date, and back (H. Hinnant's algorithms).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let doy = (153 * (m + if m > 2 { -3 } else { 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146097 + doe - 719468
-}
-
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719468;
-    let era = z.div_euclid(146097);
-    let doe = z - era * 146097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 impl Transformer {
