@@ -74,6 +74,10 @@ enum Command {
         /// Directory holding postgres binaries (initdb, postgres, pgbench, psql).
         #[arg(long, value_name = "DIR")]
         pg_bin: Option<PathBuf>,
+        /// Follow with PII masked in flight: `pii scan` writes the transform config,
+        /// `clone stream --config` uses it (the throwaway source gets fake customers).
+        #[arg(long)]
+        masked: bool,
     },
 }
 
@@ -345,6 +349,6 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
-        Command::Demo { source_url, scale, pg_bin } => demo::run(&layout, source_url, scale, pg_bin),
+        Command::Demo { source_url, scale, pg_bin, masked } => demo::run(&layout, source_url, scale, pg_bin, masked),
     }
 }
