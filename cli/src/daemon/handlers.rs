@@ -29,20 +29,6 @@ fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
-/// A source URL with its password hidden, for display.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let creds = &url[s + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
-
 impl Daemon {
     fn list(&self) -> Result<Value> {
         let mounts = self.mounts.lock();
@@ -75,7 +61,7 @@ impl Daemon {
     fn follower_status(&self) -> Value {
         let Some(f) = self.servers.state.lock().follower.clone() else { return Value::Null };
         let mut v = json!({
-            "source": redact(&f.source_url),
+            "source": crate::pii::redact(&f.source_url),
             "slot": f.slot,
             "mode": f.mode,
             "state": if f.stopped { "stopped" } else if self.servers.is_running(MAIN) { "streaming" } else { "starting" },

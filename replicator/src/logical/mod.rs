@@ -1,7 +1,7 @@
 //! The logical follower: streams a source database into an ordinary read-write postgres
 //! (`main`) with every configured column masked in memory before it is written.
 //!
-//! - [`wire`]: the client side of the streaming replication protocol;
+//! - [`wire`]: the client side of the streaming replication protocol ([`lsn`]: positions);
 //! - [`pgoutput`]: decoding the change messages of the `pgoutput` plugin;
 //! - [`schema`]: roles and schema from the source with stock `pg_dump`;
 //! - [`copy`]: the consistent initial copy (one exported snapshot, tables in parallel);
@@ -10,6 +10,7 @@
 
 pub mod apply;
 pub mod copy;
+pub mod lsn;
 pub mod pgoutput;
 pub mod schema;
 pub mod stream;
