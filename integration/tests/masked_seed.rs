@@ -9,25 +9,8 @@ use std::time::Duration;
 use pgbranch_integration::masked::{clone_masked, logical_source, wait_until, write_config};
 use pgbranch_integration::{psql_url, TestStore};
 
-const SEED: &str = r#"transformations:
-  table_transformers:
-    - schema: public
-      table: users
-      column_transformers:
-        email:
-          name: neosync_email
-          parameters:
-            preserve_length: true
-            preserve_domain: true
-        full_name:
-          name: neosync_fullname
-          parameters:
-            preserve_length: true
-        address:
-          name: masking
-          parameters:
-            type: address
-"#;
+/// The seed's transform file, verbatim.
+const SEED: &str = include_str!("../../replicator/tests/fixtures/seed-transform.yaml");
 
 /// The seed plus a second table holding the same emails.
 fn seed_with_orders() -> String {

@@ -2,25 +2,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::*;
 
-const SEED: &str = r#"transformations:
-  table_transformers:
-    - schema: public
-      table: users
-      column_transformers:
-        email:
-          name: neosync_email
-          parameters:
-            preserve_length: true
-            preserve_domain: true
-        full_name:
-          name: neosync_fullname
-          parameters:
-            preserve_length: true
-        address:
-          name: masking
-          parameters:
-            type: address
-"#;
+/// The seed's transform file, verbatim.
+const SEED: &str = include_str!("../../tests/fixtures/seed-transform.yaml");
 
 const KEY: [u8; 32] = [7; 32];
 
