@@ -30,15 +30,7 @@ pub enum Request {
     /// Starts an ordinary read-write server on `main` for the masked follower to fill.
     LogicalMainStart { user: String, dbname: String, pg_bin: String },
     /// Records the masked follower once main holds the initial copy; starts its stream.
-    FollowRegisterLogical {
-        source_url: String,
-        slot: String,
-        publication: String,
-        pg_bin: String,
-        config_name: String,
-        config_text: String,
-        strict: bool,
-    },
+    FollowRegisterLogical(LogicalFollow),
     /// The follower's source URL, password included (the socket is owner-only).
     FollowSourceUrl,
     /// Replaces the masked follower's transform config and restarts its stream.
@@ -50,6 +42,19 @@ pub enum Request {
     Verify,
     Commit,
     Shutdown,
+}
+
+/// A masked follower, as `clone stream --config` hands it to the daemon.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct LogicalFollow {
+    pub source_url: String,
+    pub slot: String,
+    pub publication: String,
+    pub pg_bin: String,
+    /// The config file's name as the user gave it (for messages), and its text.
+    pub config_name: String,
+    pub config_text: String,
+    pub strict: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

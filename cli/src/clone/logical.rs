@@ -19,7 +19,7 @@ use pgbranch_replicator::pg::{Owner, PgBin};
 use pgbranch_replicator::source::Source;
 use pgbranch_replicator::transform::TransformConfig;
 
-use crate::api::Request;
+use crate::api::{LogicalFollow, Request};
 use crate::client;
 use crate::daemon::MAIN;
 use crate::layout::Layout;
@@ -267,7 +267,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
 
     let registered = client::call(
         layout,
-        &Request::FollowRegisterLogical {
+        &Request::FollowRegisterLogical(LogicalFollow {
             source_url: opts.source_url.clone(),
             slot: opts.slot.clone(),
             publication: opts.publication.clone(),
@@ -275,7 +275,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
             config_name,
             config_text,
             strict: opts.strict,
-        },
+        }),
     )?;
     cleanup.main = false;
     cleanup.slot = None;

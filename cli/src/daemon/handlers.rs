@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::servers::{new_spec, FollowerConfig, Policy};
 use super::Daemon;
-use crate::api::Request;
+use crate::api::{LogicalFollow, Request};
 
 /// The branch a follower keeps in sync, and the default parent of new branches.
 pub const MAIN: &str = "main";
@@ -233,30 +233,20 @@ impl Daemon {
         Ok(json!({ "socket_dir": self.servers.socket_dir(MAIN), "port": port, "password": password }))
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn follow_register_logical(
-        &self,
-        source_url: String,
-        slot: String,
-        publication: String,
-        pg_bin: String,
-        config_name: String,
-        config_text: String,
-        strict: bool,
-    ) -> Result<Value> {
-        let source = Source::parse(&source_url)?;
-        self.write_transform_config(&config_text)?;
+    fn follow_register_logical(&self, l: LogicalFollow) -> Result<Value> {
+        let source = Source::parse(&l.source_url)?;
+        self.write_transform_config(&l.config_text)?;
         let f = FollowerConfig {
-            source_url,
-            slot,
-            pg_bin: pg_bin.into(),
+            source_url: l.source_url,
+            slot: l.slot,
+            pg_bin: l.pg_bin.into(),
             user: source.user.clone(),
             dbname: source.dbname.clone(),
             stopped: false,
             mode: "logical".into(),
-            publication: Some(publication),
-            config_name: Some(config_name),
-            strict,
+            publication: Some(l.publication),
+            config_name: Some(l.config_name),
+            strict: l.strict,
         };
         self.servers.state.lock().follower = Some(f.clone());
         self.servers.save()?;
@@ -398,9 +388,7 @@ impl Daemon {
             Request::FollowRegister { source_url, slot, pg_bin } => self.follow_register(source_url, slot, pg_bin),
             Request::FollowStop { drop_slot } => self.follow_stop(drop_slot),
             Request::LogicalMainStart { user, dbname, pg_bin } => self.logical_main_start(user, dbname, pg_bin),
-            Request::FollowRegisterLogical { source_url, slot, publication, pg_bin, config_name, config_text, strict } => {
-                self.follow_register_logical(source_url, slot, publication, pg_bin, config_name, config_text, strict)
-            }
+            Request::FollowRegisterLogical(l) => self.follow_register_logical(l),
             Request::FollowReload { config_name, config_text } => self.follow_reload(config_name, config_text),
             Request::FollowSourceUrl => {
                 let f = self.servers.state.lock().follower.clone();
