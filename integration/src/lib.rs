@@ -355,4 +355,21 @@ pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     out
 }
 
+/// The rows of a benchmark's markdown table (`metric | pgbranch | baseline | ratio |
+/// target | result`) from its JSON rows; `pass` true/false/absent = PASS/MISS/INFO.
+pub fn bench_table_rows(rows: &[Value]) -> String {
+    let mut md = String::new();
+    for r in rows {
+        let ratio = r["ratio"].as_f64().map_or("—".to_string(), |x| format!("{x:.2}x"));
+        let result = match r["pass"].as_bool() {
+            Some(true) => "PASS",
+            Some(false) => "**MISS**",
+            None => "INFO",
+        };
+        let cell = |k: &str| r[k].as_str().unwrap_or("").replace('|', "\\|");
+        md.push_str(&format!("| {} | {} | {} | {ratio} | {} | {result} |\n", cell("metric"), cell("pgbranch"), cell("baseline"), cell("target")));
+    }
+    md
+}
+
 pub mod masked;

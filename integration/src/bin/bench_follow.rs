@@ -123,15 +123,7 @@ fn main() {
         if quick { "quick" } else { "full" },
         started.elapsed().as_secs_f64() / 60.0
     );
-    for r in &rows {
-        let ratio = r["ratio"].as_f64().map_or("—".to_string(), |x| format!("{x:.2}x"));
-        let result = match r["pass"].as_bool() {
-            Some(true) => "PASS",
-            Some(false) => "**MISS**",
-            None => "INFO",
-        };
-        md.push_str(&format!("| {} | {} | {} | {} | {} | {} |\n", r["metric"].as_str().unwrap(), r["pgbranch"].as_str().unwrap(), r["baseline"].as_str().unwrap(), ratio, r["target"].as_str().unwrap(), result));
-    }
+    md.push_str(&pgbranch_integration::bench_table_rows(&rows));
     let report = json!({"rows": rows, "details": details, "quick": quick});
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench");
     std::fs::create_dir_all(&out).unwrap();

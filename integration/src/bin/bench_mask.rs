@@ -828,15 +828,7 @@ fn main() {
         s.users,
         s.orders,
     );
-    for r in &rows {
-        let ratio = r["ratio"].as_f64().map_or("—".to_string(), |x| format!("{x:.2}x"));
-        let result = match r["pass"].as_bool() {
-            Some(true) => "PASS",
-            Some(false) => "**MISS**",
-            None => "INFO",
-        };
-        md.push_str(&format!("| {} | {} | {} | {} | {} | {} |\n", r["metric"].as_str().unwrap().replace('|', "\\|"), r["pgbranch"].as_str().unwrap(), r["baseline"].as_str().unwrap(), ratio, r["target"].as_str().unwrap(), result));
-    }
+    md.push_str(&pgbranch_integration::bench_table_rows(&rows));
     let ph = &details["clone"]["phases_secs"];
     md.push_str(&format!(
         "\nClone phases: checks + daemon start {:.1}s, initdb + roles + pre-data schema {:.1}s, masked COPY {:.1}s, slot + post-data (indexes, FK) + handoff {:.1}s.\n",
