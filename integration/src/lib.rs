@@ -278,12 +278,41 @@ pub struct SourceDb {
     pub server: Server,
     pub dir: PathBuf,
     pub password: String,
+    /// Where postgresql.conf, pg_hba.conf and pg_ident.conf live: the data directory,
+    /// or `dir/etc` for the packaged layout.
+    pub conf_dir: PathBuf,
+}
+
+/// How a test source is made. `Default` is a PostgreSQL of the default binaries with
+/// its configuration in PGDATA, as initdb leaves it.
+#[derive(Default, Clone)]
+pub struct SourceOptions {
+    /// Binaries of the source's version (default: [`pg_env`]'s).
+    pub bin: Option<PgBin>,
+    /// Extra `name = value` lines for postgresql.conf.
+    pub settings: Vec<String>,
+    /// Lines put first in pg_hba.conf (e.g. `hostssl all all 127.0.0.1/32 scram-sha-256`);
+    /// with `hba_only`, pg_hba.conf holds just these (plus local trust).
+    pub hba: Vec<String>,
+    pub hba_only: bool,
+    /// The packaged (Debian/Ubuntu) layout: postgresql.conf, pg_hba.conf and
+    /// pg_ident.conf in a directory outside PGDATA, which the server is started with
+    /// (`-c config_file=...`), none of them in PGDATA.
+    pub conf_outside_pgdata: bool,
+    /// Files to put into the configuration directory before the start (name, bytes,
+    /// mode), e.g. TLS certificates.
+    pub files: Vec<(String, Vec<u8>, u32)>,
 }
 
 impl SourceDb {
     /// `settings` are extra `name = value` lines for postgresql.conf.
     pub fn start(tag: &str, settings: &[&str]) -> SourceDb {
-        let (bin, owner) = pg_env();
+        SourceDb::start_with(tag, SourceOptions { settings: settings.iter().map(|s| s.to_string()).collect(), ..Default::default() })
+    }
+
+    pub fn start_with(tag: &str, opts: SourceOptions) -> SourceDb {
+        let (default_bin, owner) = pg_env();
+        let bin = opts.bin.clone().unwrap_or(default_bin);
         let dir = std::env::temp_dir().join(format!("pgbranch-source-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -300,12 +329,47 @@ impl SourceDb {
         initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-instructions"]);
         initdb.arg(format!("--pwfile={}", pwfile.display()));
         owner.run(&mut initdb, "initdb of a source").unwrap();
-        if !settings.is_empty() {
-            let mut conf = std::fs::OpenOptions::new().append(true).open(data.join("postgresql.conf")).unwrap();
-            std::io::Write::write_all(&mut conf, format!("\n{}\n", settings.join("\n")).as_bytes()).unwrap();
+        let conf_dir = if opts.conf_outside_pgdata { dir.join("etc") } else { data.clone() };
+        if opts.conf_outside_pgdata {
+            owner.private_dir(&conf_dir).unwrap();
+            for f in ["postgresql.conf", "pg_hba.conf", "pg_ident.conf"] {
+                std::fs::rename(data.join(f), conf_dir.join(f)).unwrap();
+            }
+            let lines = [
+                format!("data_directory = '{}'", data.display()),
+                format!("hba_file = '{}'", conf_dir.join("pg_hba.conf").display()),
+                format!("ident_file = '{}'", conf_dir.join("pg_ident.conf").display()),
+            ];
+            append_lines(&conf_dir.join("postgresql.conf"), &lines);
         }
-        let server = Server::start(&bin, &owner, &data, &dir.join("run"), pg::free_port().unwrap()).unwrap();
-        SourceDb { server, dir, password }
+        append_lines(&conf_dir.join("postgresql.conf"), &opts.settings);
+        if !opts.hba.is_empty() {
+            let hba = conf_dir.join("pg_hba.conf");
+            let old = if opts.hba_only { "local all all trust\nlocal replication all trust\n".to_string() } else { std::fs::read_to_string(&hba).unwrap() };
+            std::fs::write(&hba, format!("{}\n{old}", opts.hba.join("\n"))).unwrap();
+        }
+        for (name, bytes, mode) in &opts.files {
+            let path = conf_dir.join(name);
+            std::fs::write(&path, bytes).unwrap();
+            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+            unsafe {
+                libc::chown(c.as_ptr(), owner.uid, owner.gid);
+                libc::chmod(c.as_ptr(), *mode);
+            }
+        }
+        let extra = if opts.conf_outside_pgdata { format!("-c config_file={}", conf_dir.join("postgresql.conf").display()) } else { String::new() };
+        let server = Server::start_with(&bin, &owner, &data, &dir.join("run"), pg::free_port().unwrap(), &extra).unwrap();
+        SourceDb { server, dir, password, conf_dir }
+    }
+
+    /// Changes settings and restarts the source (same port, same data).
+    pub fn restart_with(&mut self, settings: &[&str]) {
+        append_lines(&self.conf_dir.join("postgresql.conf"), &settings.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        let (bin, owner, data, socket, port) =
+            (self.server.bin.clone(), self.server.owner.clone(), self.server.data.clone(), self.server.socket_dir.clone(), self.server.port);
+        self.server.stop().unwrap();
+        let extra = if self.conf_dir != data { format!("-c config_file={}", self.conf_dir.join("postgresql.conf").display()) } else { String::new() };
+        self.server = Server::start_with(&bin, &owner, &data, &socket, port, &extra).expect("restarting the source");
     }
 
     pub fn url_as(&self, user: &str, password: &str) -> String {
@@ -319,6 +383,15 @@ impl SourceDb {
     pub fn slots(&self) -> String {
         self.server.psql("postgres", "SELECT coalesce(string_agg(slot_name, ','), '') FROM pg_replication_slots").unwrap()
     }
+}
+
+/// Appends `name = value` lines to a configuration file.
+pub fn append_lines(path: &Path, lines: &[String]) {
+    if lines.is_empty() {
+        return;
+    }
+    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    std::io::Write::write_all(&mut f, format!("\n{}\n", lines.join("\n")).as_bytes()).unwrap();
 }
 
 impl Drop for SourceDb {

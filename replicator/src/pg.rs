@@ -167,9 +167,14 @@ pub struct Server {
 
 impl Server {
     pub fn start(bin: &PgBin, owner: &Owner, data: &Path, socket_dir: &Path, port: u16) -> Result<Server> {
+        Server::start_with(bin, owner, data, socket_dir, port, "")
+    }
+
+    /// [`Server::start`] with more postgres command-line options (`-c name=value ...`).
+    pub fn start_with(bin: &PgBin, owner: &Owner, data: &Path, socket_dir: &Path, port: u16, extra: &str) -> Result<Server> {
         owner.private_dir(socket_dir)?;
         let log = socket_dir.join("postgres.log");
-        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1", socket_dir.display());
+        let opts = format!("-p {port} -k {} -c listen_addresses=127.0.0.1 {extra}", socket_dir.display());
         let mut cmd = owner.command(bin.tool("pg_ctl"));
         cmd.arg("start").arg("-w").arg("-t").arg("120").arg("-D").arg(data).arg("-l").arg(&log).arg("-o").arg(&opts);
         if let Err(e) = owner.run(&mut cmd, "pg_ctl start") {
