@@ -6,6 +6,10 @@
 //!   data/mask.key   0600  the masking key (deterministic transforms; copy it to
 //!                         another store to get the same masked values there)
 //!   data/transform.yaml   the masked follower's transform config
+//!   data/source-tls/ 0700 the source's TLS files as given to `clone stream`
+//!                         (root.crt, client.crt, client.key; 0600)
+//!   source-tls/     0700  the same, owned by the postgres user, for pg_basebackup,
+//!                         main's standby and the daemon (the follower's URL names them)
 //!   mnt/NAME        0711  one FUSE mount per branch or snapshot (its root is 0700)
 //!   daemon.sock     0600  control socket
 //!   daemon.lock           held by the running daemon
@@ -107,6 +111,16 @@ impl Layout {
             *k = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).with_context(|| format!("{} must hold 64 hex digits", path.display()))?;
         }
         Ok(key)
+    }
+
+    /// The source's TLS files, kept with the data.
+    pub fn source_tls_saved(&self) -> PathBuf {
+        self.data().join("source-tls")
+    }
+    /// The source's TLS files where postgres' user reads them (under the runtime
+    /// directory, which it can reach).
+    pub fn source_tls(&self) -> PathBuf {
+        self.runtime().join("source-tls")
     }
 
     /// The stored copy of the masked follower's transform config.

@@ -9,4 +9,5 @@ pub mod demo;
 pub mod layout;
 pub mod output;
 pub mod pii;
+pub mod source_tls;
 pub use pgbranch_replicator::pg;

@@ -113,8 +113,10 @@ pub fn summary(report: &ScanReport) -> String {
 
 /// The source URL with its password hidden: `scheme://user:***@host/...`, and any
 /// `password=...` (query parameter or key=value connection string) as `password=***`.
+/// TLS parameters (file paths, which may hold an `@`) are kept as they are.
 pub fn redact(url: &str) -> String {
-    let mut out = match (url.find("://"), url.rfind('@')) {
+    let before_query = &url[..url.find('?').unwrap_or(url.len())];
+    let mut out = match (url.find("://"), before_query.rfind('@')) {
         (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {
             Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
             None => url.to_string(),
@@ -141,5 +143,11 @@ mod tests {
         assert_eq!(redact("postgresql://u@h/db?password=secret&sslmode=disable"), "postgresql://u@h/db?password=***&sslmode=disable");
         assert_eq!(redact("host=h user=u password=secret dbname=d"), "host=h user=u password=*** dbname=d");
         assert_eq!(redact("postgresql://h/db"), "postgresql://h/db");
+        assert_eq!(
+            redact("postgresql://u:p@ss@h/db?sslmode=verify-full&sslrootcert=/etc/ca@2.pem&sslcert=/c.crt&sslkey=/c.key&channel_binding=require"),
+            "postgresql://u:***@h/db?sslmode=verify-full&sslrootcert=/etc/ca@2.pem&sslcert=/c.crt&sslkey=/c.key&channel_binding=require"
+        );
+        assert_eq!(redact("postgresql://h/db?sslrootcert=/a@b&password=x"), "postgresql://h/db?sslrootcert=/a@b&password=***");
+        assert_eq!(redact("host=h password=secret sslmode=require sslkey=/k"), "host=h password=*** sslmode=require sslkey=/k");
     }
 }

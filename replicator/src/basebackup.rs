@@ -41,7 +41,7 @@ pub fn run(
     mut on_progress: impl FnMut(Progress),
 ) -> Result<(), BasebackupError> {
     let mut cmd = owner.command(bin.tool("pg_basebackup"));
-    cmd.arg("-d").arg(&source.url).arg("-D").arg(dest);
+    cmd.arg("-d").arg(source.libpq_url()).arg("-D").arg(dest);
     cmd.args(["-X", "stream", "-C", "-S", slot, "-R", "-P", "-c", "fast", "-w"]);
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(BasebackupError::Spawn)?;

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use pgbranch_replicator::logical::pgoutput::{decode, Datum, LogicalMsg, OldTuple};
 use pgbranch_replicator::logical::wire::{Lsn, ReplicationConn, StreamMsg, WireError};
 use pgbranch_replicator::pg::{free_port, Owner, PgBin, Server};
+use pgbranch_replicator::tls::SourceTls;
 
 const PASSWORD: &str = "wire-secret";
 static COUNTER: AtomicU32 = AtomicU32::new(0);
@@ -70,7 +71,7 @@ impl Db {
     }
 
     fn repl(&self) -> ReplicationConn {
-        ReplicationConn::connect(&self.tcp_config("postgres", PASSWORD)).unwrap()
+        ReplicationConn::connect(&self.tcp_config("postgres", PASSWORD), &SourceTls::default()).unwrap()
     }
 
     fn client(&self) -> postgres::Client {
@@ -186,21 +187,21 @@ fn connects_with_each_auth_method_and_reports_server_errors() {
     drop(conn);
 
     // Trust over the unix socket.
-    let mut conn = ReplicationConn::connect(&db.socket_config()).unwrap();
+    let mut conn = ReplicationConn::connect(&db.socket_config(), &SourceTls::default()).unwrap();
     let rows = conn.simple_query("SELECT inet_server_addr() IS NULL").unwrap();
     assert_eq!(rows, vec![vec![Some("t".to_string())]]);
     assert!(format!("{conn:?}").contains(".s.PGSQL."));
 
     // md5 and cleartext password exchanges.
     for (user, pw) in [("md5user", "md5-pw"), ("plainuser", "plain-pw")] {
-        let mut conn = ReplicationConn::connect(&db.tcp_config(user, pw)).unwrap_or_else(|e| panic!("{user}: {e}"));
+        let mut conn = ReplicationConn::connect(&db.tcp_config(user, pw), &SourceTls::default()).unwrap_or_else(|e| panic!("{user}: {e}"));
         assert_eq!(conn.simple_query("SELECT current_user").unwrap(), vec![vec![Some(user.to_string())]]);
-        let e = ReplicationConn::connect(&db.tcp_config(user, "nope")).unwrap_err();
+        let e = ReplicationConn::connect(&db.tcp_config(user, "nope"), &SourceTls::default()).unwrap_err();
         assert_eq!(e.code(), Some("28P01"), "{user}: {e}");
     }
 
     // A wrong SCRAM password: the server's error, and no secret in any message.
-    let e = ReplicationConn::connect(&db.tcp_config("postgres", "wrong-password-123")).unwrap_err();
+    let e = ReplicationConn::connect(&db.tcp_config("postgres", "wrong-password-123"), &SourceTls::default()).unwrap_err();
     assert!(matches!(&e, WireError::Server { code, .. } if code == "28P01"), "{e:?}");
     assert!(e.to_string().contains("password authentication failed"), "{e}");
     for shown in [e.to_string(), format!("{e:?}"), format!("{:?}", db.repl())] {
@@ -208,19 +209,19 @@ fn connects_with_each_auth_method_and_reports_server_errors() {
     }
     let mut c = postgres::Config::new();
     c.host("127.0.0.1").port(db.server().port).user("postgres").dbname("postgres");
-    let e = ReplicationConn::connect(&c).unwrap_err();
+    let e = ReplicationConn::connect(&c, &SourceTls::default()).unwrap_err();
     assert!(matches!(e, WireError::Auth(_)), "no password given: {e:?}");
 
     // A role without REPLICATION, a missing database, nobody listening.
-    let e = ReplicationConn::connect(&db.tcp_config("norepl", "norepl-pw")).unwrap_err();
+    let e = ReplicationConn::connect(&db.tcp_config("norepl", "norepl-pw"), &SourceTls::default()).unwrap_err();
     assert_eq!(e.code(), Some("42501"), "{e}");
     let mut c = db.tcp_config("postgres", PASSWORD);
     c.dbname("missing");
-    assert_eq!(ReplicationConn::connect(&c).unwrap_err().code(), Some("3D000"));
+    assert_eq!(ReplicationConn::connect(&c, &SourceTls::default()).unwrap_err().code(), Some("3D000"));
     let port = free_port().unwrap();
     let mut c = postgres::Config::new();
     c.host("127.0.0.1").port(port).user("postgres").password(PASSWORD);
-    let e = ReplicationConn::connect(&c).unwrap_err();
+    let e = ReplicationConn::connect(&c, &SourceTls::default()).unwrap_err();
     assert!(matches!(&e, WireError::Io(_)) && e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
 
     // A failed command leaves the connection usable.

@@ -25,6 +25,9 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
     if client::call(layout, &Request::Path { name: MAIN.into() }).is_ok() {
         bail!("branch main already exists; a store follows one source: run `pgbranch clone stop` and `pgbranch branch delete main` first, or use another --store");
     }
+    // pg_basebackup, the standby and the daemon read the store's copies of the TLS files.
+    let source_url = &crate::source_tls::install(layout, &owner, &source)?;
+    let source = Source::parse(source_url)?;
     let created = client::call(
         layout,
         &Request::CreateBranch { name: MAIN.into(), from: None, start: false, ttl_secs: None, protect: false },

@@ -82,6 +82,9 @@ impl Daemon {
         layout.prepare()?;
         let lock = take_lock(&layout)?;
         let owner = branch_owner()?;
+        if let Err(e) = crate::source_tls::publish(&layout, owner) {
+            tracing::warn!("laying out the source's TLS files for postgres: {e:#}");
+        }
         let repo = Arc::new(
             Repository::open(&layout.data()).with_context(|| format!("opening the store in {}", layout.root.display()))?,
         );

@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use postgres::{Client, Config, NoTls};
 
 use crate::catalog::quote_ident;
+use crate::source::Source;
 use crate::transform::{TablePlan, TransformConfig, Value};
 
 #[derive(Debug, thiserror::Error)]
@@ -43,10 +44,10 @@ pub struct Masking<'a> {
     pub key: &'a [u8; 32],
 }
 
-/// Copies `tables` from the source, under the exported `snapshot`, into main.
-/// `rows` counts copied rows as it goes (for a progress bar).
+/// Copies `tables` from the source (connected with its URL's TLS settings), under the
+/// exported `snapshot`, into main. `rows` counts copied rows as it goes (for a progress bar).
 pub fn copy_tables(
-    source: &Config,
+    source: &Source,
     snapshot: &str,
     main: &Config,
     tables: &[CopyTable],
@@ -96,8 +97,8 @@ pub fn copy_tables(
     Ok(CopyStats { rows: rows.load(Ordering::Relaxed), bytes_in: bytes_in.into_inner() })
 }
 
-fn open_pair(source: &Config, main: &Config) -> Result<(Client, Client), CopyError> {
-    let src = source.connect(NoTls).map_err(|e| CopyError::Connect { what: "the source", message: e.to_string() })?;
+fn open_pair(source: &Source, main: &Config) -> Result<(Client, Client), CopyError> {
+    let src = source.connect().map_err(|e| CopyError::Connect { what: "the source", message: e.to_string() })?;
     let mut dst = main.connect(NoTls).map_err(|e| CopyError::Connect { what: "main", message: e.to_string() })?;
     // The copy is made durable by one checkpoint at its end, before the slot moves.
     dst.batch_execute("SET synchronous_commit = off; SET session_replication_role = replica")

@@ -49,8 +49,8 @@ impl Target {
     }
 }
 
-/// libpq connection parameters of the source without its password (which goes in
-/// PGPASSWORD, never on a command line that `ps` shows).
+/// libpq connection parameters of the source, TLS settings included, without its
+/// password (which goes in PGPASSWORD, never on a command line that `ps` shows).
 fn source_env(cmd: &mut Command, source: &Source) -> String {
     let c = &source.config;
     let host = match c.get_hosts().first() {
@@ -63,7 +63,11 @@ fn source_env(cmd: &mut Command, source: &Source) -> String {
         cmd.env("PGPASSWORD", p);
     }
     let q = |v: &str| format!("'{}'", v.replace('\\', "\\\\").replace('\'', "\\'"));
-    format!("host={} port={port} user={} dbname={}", q(&host), q(&source.user), q(&source.dbname))
+    let mut conn = format!("host={} port={port} user={} dbname={}", q(&host), q(&source.user), q(&source.dbname));
+    for (k, v) in source.tls.libpq_params() {
+        conn.push_str(&format!(" {k}={}", q(&v)));
+    }
+    conn
 }
 
 /// Runs `dump | restore`; returns the ERROR lines restore printed (when it goes on

@@ -170,7 +170,7 @@ pub fn run(setup: &StreamSetup, status: &Mutex<StreamStatus>, stop: &AtomicBool)
     let (mut main, applied) = open_main(&setup.main)?;
     let source = setup.source.connect().map_err(|e| StreamError::Transient(e.to_string()))?;
     let main_tables = main_tables(&mut main).map_err(transient("reading main's tables"))?;
-    let mut repl = ReplicationConn::connect(&setup.source.config).map_err(|e| StreamError::Transient(format!("replication connection to the source: {e}")))?;
+    let mut repl = ReplicationConn::connect(&setup.source.config, &setup.source.tls).map_err(|e| StreamError::Transient(format!("replication connection to the source: {e}")))?;
     repl.start_logical(&setup.slot, applied, &setup.publication).map_err(|e| match e.code() {
         Some("42704") => StreamError::Fatal(format!("replication slot '{}' no longer exists on the source: {e}", setup.slot)),
         _ => StreamError::Transient(format!("starting replication from slot '{}': {e}", setup.slot)),

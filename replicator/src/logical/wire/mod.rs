@@ -1,22 +1,26 @@
 //! The client side of PostgreSQL's streaming replication protocol, for logical
 //! replication: a `replication=database` connection (startup, password/md5/SCRAM
 //! authentication, simple queries and replication commands) and the CopyBoth stream
-//! of `START_REPLICATION ... LOGICAL`. Blocking I/O over TCP or a unix socket, no TLS.
+//! of `START_REPLICATION ... LOGICAL`. Blocking I/O over TCP (TLS as the URL's
+//! `sslmode` says, with rustls; SCRAM-SHA-256-PLUS channel binding) or a unix socket.
 //! Framing and authentication primitives come from `postgres-protocol`.
 
 use std::fmt;
 use std::io::{self, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use postgres::config::{ChannelBinding, Host, SslMode};
+use postgres::config::{ChannelBinding, Host};
 use postgres_protocol::authentication::md5_hash;
 use postgres_protocol::authentication::sasl::{self, ScramSha256};
 use postgres_protocol::message::{backend::Header, frontend};
 
 use crate::catalog::quote_ident;
+use crate::tls::{self, SourceTls, SslMode, TlsError};
+use messages::{be_u64, connect_tcp, now_pg_micros, one_row, parse_data_row, parse_error_fields, proto};
+use tls_conn::{start_tls, TlsInfo};
 
 pub use super::lsn::{Lsn, ParseLsnError};
 
@@ -39,6 +43,8 @@ pub enum WireError {
     /// shutdown, or the connection closed without an error message).
     #[error("replication stream ended: {0}")]
     StreamEnded(String),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
 }
 
 impl WireError {
@@ -122,6 +128,7 @@ pub struct ReplicationConn {
     read_timeout: Option<Duration>,
     state: State,
     server_version: Option<String>,
+    tls: Option<TlsInfo>,
 }
 
 impl fmt::Debug for ReplicationConn {
@@ -130,6 +137,7 @@ impl fmt::Debug for ReplicationConn {
             .field("peer", &self.peer)
             .field("state", &self.state)
             .field("server_version", &self.server_version)
+            .field("tls", &self.tls.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -140,66 +148,33 @@ struct Frame {
     body: BytesMut,
 }
 
-/// Microseconds since 2000-01-01 (the server's clock epoch).
-fn now_pg_micros() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64 - 946_684_800_000_000
-}
-
-fn parse_error_fields(body: &[u8]) -> WireError {
-    let (mut code, mut message, mut detail, mut severity) = (String::new(), String::new(), None, String::new());
-    let mut rest = body;
-    while let Some((&kind, tail)) = rest.split_first() {
-        if kind == 0 {
-            break;
-        }
-        let end = tail.iter().position(|&b| b == 0).unwrap_or(tail.len());
-        let value = String::from_utf8_lossy(&tail[..end]).into_owned();
-        rest = tail.get(end + 1..).unwrap_or(&[]);
-        match kind {
-            b'C' => code = value,
-            b'M' => message = value,
-            b'D' => detail = Some(value),
-            b'V' => severity = value,
-            _ => {}
-        }
-    }
-    if !severity.is_empty() {
-        message = format!("{severity}: {message}");
-    }
-    WireError::Server { code, message, detail }
-}
-
-fn proto(e: impl fmt::Display) -> WireError {
-    WireError::Protocol(e.to_string())
-}
-
-fn be_u64(b: &[u8]) -> u64 {
-    u64::from_be_bytes(b[..8].try_into().unwrap())
-}
-
 impl ReplicationConn {
     /// Connects with `replication=database` to the host/port/user/password/dbname of
     /// `config` (first host; a unix socket directory means `<dir>/.s.PGSQL.<port>`),
-    /// connect timeout from the config or 10 s. Auth: trust, cleartext, md5 and
-    /// SCRAM-SHA-256 without channel binding. No TLS: `sslmode=require` is refused.
-    pub fn connect(config: &postgres::Config) -> Result<Self> {
-        if !matches!(config.get_ssl_mode(), SslMode::Disable | SslMode::Prefer) {
-            return Err(WireError::Config("TLS is not supported: use sslmode=disable or prefer".into()));
+    /// connect timeout from the config or 10 s, TLS over TCP as `tls` says (unix
+    /// sockets stay plain). Auth: trust, cleartext, md5, SCRAM-SHA-256, and
+    /// SCRAM-SHA-256-PLUS (channel binding, per `tls.channel_binding`) over TLS.
+    pub fn connect(config: &postgres::Config, tls: &SourceTls) -> Result<Self> {
+        match tls.mode {
+            SslMode::Disable => Self::connect_with(config, tls, false),
+            // libpq's allow: plain first, TLS when the plain connection is refused.
+            SslMode::Allow => Self::connect_with(config, tls, false).or_else(|_| Self::connect_with(config, tls, true)),
+            _ => Self::connect_with(config, tls, true),
         }
-        if config.get_channel_binding() == ChannelBinding::Require {
-            return Err(WireError::Config("channel binding needs TLS, which is not supported".into()));
-        }
+    }
+
+    fn connect_with(config: &postgres::Config, settings: &SourceTls, use_tls: bool) -> Result<Self> {
         let user = config.get_user().ok_or_else(|| WireError::Config("no user given".into()))?;
         let dbname = config.get_dbname().unwrap_or(user);
         let port = config.get_ports().first().copied().unwrap_or(5432);
         let timeout = config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(10));
-        let (stream, peer) = match (config.get_hosts().first(), config.get_hostaddrs().first()) {
+        let (stream, peer, tls) = match (config.get_hosts().first(), config.get_hostaddrs().first()) {
             (Some(Host::Unix(dir)), _) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
                 let peer = path.display().to_string();
                 let s = UnixStream::connect(&path)
                     .map_err(|e| io::Error::new(e.kind(), format!("connecting to postgres at {peer}: {e}")))?;
-                (Box::new(s) as Box<dyn Socket>, peer)
+                (Box::new(s) as Box<dyn Socket>, peer, None)
             }
             (host, addr) => {
                 let name = match (host, addr) {
@@ -210,10 +185,19 @@ impl ReplicationConn {
                 let peer = if name.contains(':') { format!("[{name}]:{port}") } else { format!("{name}:{port}") };
                 let s = connect_tcp(&name, port, timeout)
                     .map_err(|e| io::Error::new(e.kind(), format!("connecting to postgres at {peer}: {e}")))?;
-                (Box::new(s) as Box<dyn Socket>, peer)
+                // The certificate names the host as given, not the address (hostaddr).
+                let host = match host {
+                    Some(Host::Tcp(h)) => h.clone(),
+                    _ => name.clone(),
+                };
+                match use_tls {
+                    true => start_tls(s, settings, host, timeout, &peer)?,
+                    false => (Box::new(s) as Box<dyn Socket>, peer, None),
+                }
             }
         };
         let mut conn = ReplicationConn::new(stream, peer);
+        conn.tls = tls;
         conn.stream.write_timeout(Some(timeout)).map_err(|e| conn.io_err(e))?;
         let deadline = Instant::now() + timeout;
         conn.startup(config, user, dbname, deadline)?;
@@ -233,6 +217,7 @@ impl ReplicationConn {
             read_timeout: None,
             state: State::Idle,
             server_version: None,
+            tls: None,
         }
     }
 
@@ -241,7 +226,12 @@ impl ReplicationConn {
         self.server_version.as_deref()
     }
 
+    /// An I/O error, or what TLS says went wrong (e.g. the source refused our client
+    /// certificate, which TLS 1.3 reports at the first read).
     fn io_err(&self, e: io::Error) -> WireError {
+        if let Some(t) = self.tls.as_ref().and_then(|t| tls::explain(&e, &t.settings, &t.host)) {
+            return WireError::Tls(t);
+        }
         WireError::Io(io::Error::new(e.kind(), format!("postgres at {}: {e}", self.peer)))
     }
 
@@ -261,6 +251,10 @@ impl ReplicationConn {
         let password = config.get_password();
         let need_password = || WireError::Auth("the server asks for a password, but none was given".into());
         let mut scram: Option<ScramSha256> = None;
+        let policy = config.get_channel_binding();
+        let mut bound = false;
+        // Checked before any password is sent: channel_binding=require accepts only SCRAM-SHA-256-PLUS.
+        let unbound = |what: &str| -> WireError { TlsError::ChannelBinding(format!("the source {what}")).into() };
         loop {
             let frame = self.startup_frame(deadline)?;
             match frame.tag {
@@ -274,6 +268,10 @@ impl ReplicationConn {
                 return Err(WireError::Protocol("short authentication message".into()));
             }
             let kind = body.get_i32();
+            if policy == ChannelBinding::Require && !bound && kind != 10 && kind != 11 && kind != 12 {
+                let how = if self.tls.is_none() { "connection is not over TLS" } else { "authenticated without SCRAM-SHA-256 (its pg_hba.conf method for this connection is not scram-sha-256)" };
+                return Err(self.fatal(unbound(&format!("{how}; channel binding needs scram-sha-256 over TLS"))));
+            }
             match kind {
                 0 => break,
                 3 => frontend::password_message(password.ok_or_else(need_password)?, &mut self.wbuf)
@@ -285,13 +283,30 @@ impl ReplicationConn {
                 }
                 10 => {
                     let mechanisms: Vec<&[u8]> = body.split(|&b| b == 0).filter(|m| !m.is_empty()).collect();
-                    if !mechanisms.contains(&&b"SCRAM-SHA-256"[..]) {
+                    let offers = |m: &str| mechanisms.contains(&m.as_bytes());
+                    let end_point = match policy {
+                        ChannelBinding::Disable => None,
+                        _ => self.tls.as_ref().and_then(|t| t.end_point.clone()),
+                    };
+                    let (mechanism, binding) = match end_point {
+                        Some(data) if offers(sasl::SCRAM_SHA_256_PLUS) => {
+                            bound = true;
+                            (sasl::SCRAM_SHA_256_PLUS, sasl::ChannelBinding::tls_server_end_point(data))
+                        }
+                        _ if policy == ChannelBinding::Require => {
+                            let why = if self.tls.is_none() { "connection is not over TLS" } else { "does not offer SCRAM-SHA-256-PLUS on this connection" };
+                            return Err(self.fatal(unbound(why)));
+                        }
+                        // We could bind, but the server did not offer it ('y'): lets it detect a downgrade.
+                        Some(_) => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unrequested()),
+                        None => (sasl::SCRAM_SHA_256, sasl::ChannelBinding::unsupported()),
+                    };
+                    if !offers(mechanism) {
                         let names: Vec<_> = mechanisms.iter().map(|m| String::from_utf8_lossy(m)).collect();
                         return Err(WireError::Auth(format!("no supported SASL mechanism offered (server offers {})", names.join(", "))));
                     }
-                    let s = ScramSha256::new(password.ok_or_else(need_password)?, sasl::ChannelBinding::unsupported());
-                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.wbuf)
-                        .map_err(proto)?;
+                    let s = ScramSha256::new(password.ok_or_else(need_password)?, binding);
+                    frontend::sasl_initial_response(mechanism, s.message(), &mut self.wbuf).map_err(proto)?;
                     scram = Some(s);
                 }
                 11 => {
@@ -547,47 +562,8 @@ impl Drop for ReplicationConn {
     }
 }
 
-fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name resolves to no address");
-    for addr in (host, port).to_socket_addrs()? {
-        match TcpStream::connect_timeout(&addr, timeout) {
-            Ok(s) => {
-                s.set_nodelay(true)?;
-                return Ok(s);
-            }
-            Err(e) => last = e,
-        }
-    }
-    Err(last)
-}
-
-fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>> {
-    let bad = || proto("malformed DataRow");
-    let mut b = body;
-    let n = if b.len() >= 2 { b.get_u16() } else { return Err(bad()) };
-    let mut row = Vec::with_capacity(n as usize);
-    for _ in 0..n {
-        let len = if b.len() >= 4 { b.get_i32() } else { return Err(bad()) };
-        let Ok(len) = usize::try_from(len) else {
-            row.push(None);
-            continue;
-        };
-        let value = b.get(..len).ok_or_else(bad)?;
-        row.push(Some(String::from_utf8(value.to_vec()).map_err(|_| proto("a value in a query result is not UTF-8"))?));
-        b.advance(len);
-    }
-    Ok(row)
-}
-
-/// Checks that a command returned one row; gives its non-NULL columns by index.
-fn one_row<'a>(rows: &'a [Vec<Option<String>>], min_cols: usize, what: &'a str) -> Result<impl Fn(usize) -> Result<String> + 'a> {
-    match rows {
-        [row] if row.len() >= min_cols => {
-            Ok(move |i: usize| row[i].clone().ok_or_else(|| WireError::Protocol(format!("{what}: column {i} is NULL"))))
-        }
-        _ => Err(WireError::Protocol(format!("{what}: expected one row of at least {min_cols} columns, got {rows:?}"))),
-    }
-}
+mod messages;
+mod tls_conn;
 
 #[cfg(test)]
 mod tests;
