@@ -275,6 +275,29 @@ fn client_certificate_instead_of_a_password() {
     conninfo_file(&store, "sslkey", &certs.client_key);
     conninfo_file(&store, "sslcert", &certs.client_cert);
     assert_eq!(store.json(&["status"])["follower"]["state"], "streaming");
+
+    // A daemon crash, and the copies laid out for postgres gone (as a reboot empties
+    // /run): the restarted daemon lays them out again and main follows with them.
+    store.kill_daemon();
+    std::fs::remove_dir_all(store.dir.join("source-tls")).unwrap();
+    store.ok(&["status"]);
+    let back = wait_until(Duration::from_secs(120), || {
+        let st = store.json(&["status"]);
+        let main_running = st["branches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["name"] == "main" && b["running"] == true);
+        st["follower"]["state"] == "streaming" && main_running
+    });
+    assert!(back, "main did not come back after the daemon restarted");
+    let main = store.branch_server("main");
+    marker_reaches_main(
+        &source,
+        |q| main.psql("postgres", q).map_err(|e| e.to_string()),
+        2,
+    );
+    conninfo_file(&store, "sslkey", &certs.client_key);
 }
 
 #[test]
