@@ -207,6 +207,35 @@ pub fn pg_env() -> (PgBin, Owner) {
     (PgBin::find(None).expect("postgres binaries"), Owner::for_branches().expect("postgres OS user"))
 }
 
+/// Binaries of PostgreSQL `major` as `pgbranch` finds them (`PgBin::for_major`); a miss
+/// fails the test with the lookup's message, which says how to install them.
+pub fn pg_env_for(major: u32) -> (PgBin, Owner) {
+    let bin = PgBin::for_major(None, major).unwrap_or_else(|e| panic!("PostgreSQL {major} binaries: {e:#}"));
+    (bin, Owner::for_branches().expect("postgres OS user"))
+}
+
+impl TestStore {
+    /// [`TestStore::branch_server`] with the client tools of `bin` (e.g. the branch's major).
+    pub fn branch_server_with(&self, name: &str, bin: &PgBin) -> Server {
+        let mut s = self.branch_server(name);
+        s.bin = bin.clone();
+        s
+    }
+}
+
+/// [`psql_url`] with the psql of `bin`.
+pub fn psql_url_with(bin: &PgBin, url: &str, sql: &str) -> Result<String, String> {
+    let out = Command::new(bin.tool("psql"))
+        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
+        .output()
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
 /// A client process (pgbench, psql) running in the background, killed on drop.
 pub struct Background {
     pub child: Option<Child>,
@@ -249,6 +278,8 @@ pub fn amcheck(server: &Server) -> Result<(), String> {
         "-U",
         "postgres",
     ]);
+    // pg_amcheck 16+ passes on the server's NOTICE that amcheck is already installed.
+    cmd.env("PGOPTIONS", "-c client_min_messages=warning");
     let out = cmd.output().map_err(|e| e.to_string())?;
     let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if out.status.success() && report.trim().is_empty() {
@@ -446,4 +477,3 @@ pub fn bench_table_rows(rows: &[Value]) -> String {
 }
 
 pub mod masked;
-pub mod tls;

@@ -55,38 +55,22 @@ impl PgBin {
             .with_context(|| format!("cannot read a version from `postgres --version`: {text}"))
     }
 
-    /// Binaries of exactly major version `major`: `--pg-bin`, else `$PG_CONFIG`, else
-    /// /usr/lib/postgresql/MAJOR/bin. A mismatch is an error naming both versions.
+    /// Binaries of exactly major version `major` (a standby runs its source's major):
+    /// `--pg-bin` when given, else the first complete set of `$PG_CONFIG --bindir`,
+    /// /usr/lib/postgresql/N/bin, /usr/pgsql-N/bin, Homebrew's postgresql@N,
+    /// /usr/local/pgsql/bin and pgbranch's cache ([`crate::pg_find`]). A miss names the
+    /// major needed, every place looked with what was there, and how to get them.
     pub fn for_major(flag: Option<PathBuf>, major: u32) -> Result<PgBin> {
-        let candidates: Vec<PgBin> = match flag {
-            Some(dir) => vec![PgBin::find(Some(dir))?],
-            None => {
-                let mut c = Vec::new();
-                if let Some(pg_config) = std::env::var_os("PG_CONFIG") {
-                    if let Ok(out) = Command::new(&pg_config).arg("--bindir").output() {
-                        c.push(PgBin(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())));
-                    }
-                }
-                c.push(PgBin(PathBuf::from(format!("/usr/lib/postgresql/{major}/bin"))));
-                c
-            }
-        };
-        let mut seen = Vec::new();
-        for bin in candidates {
-            if !bin.tool("postgres").exists() {
-                seen.push(format!("{} (no postgres binary)", bin.0.display()));
-                continue;
-            }
-            match bin.major() {
-                Ok(m) if m == major => return Ok(bin),
-                Ok(m) => seen.push(format!("{} (PostgreSQL {m})", bin.0.display())),
-                Err(e) => seen.push(format!("{} ({e})", bin.0.display())),
-            }
-        }
-        bail!(
-            "the source runs PostgreSQL {major}, but no local PostgreSQL {major} server binaries were found (looked at: {}); install postgresql-{major} or pass --pg-bin DIR",
-            seen.join(", ")
-        )
+        let found = crate::pg_find::locate(&crate::pg_find::Env::current(), flag.as_deref(), major, false)?;
+        Ok(PgBin(found.dir))
+    }
+
+    /// Binaries for a server that loads a dump of a `major` source (the masked
+    /// follower's main): `major` when found, else the newest major above it (pg_dump
+    /// must be at least the source's version).
+    pub fn for_major_or_newer(flag: Option<PathBuf>, major: u32) -> Result<(PgBin, crate::pg_find::Located)> {
+        let found = crate::pg_find::locate(&crate::pg_find::Env::current(), flag.as_deref(), major, true)?;
+        Ok((PgBin(found.dir.clone()), found))
     }
 }
 

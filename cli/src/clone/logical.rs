@@ -101,7 +101,7 @@ impl Drop for Cleanup<'_> {
 }
 
 /// initdb of main with the source database's locale (C.UTF-8 when this machine lacks it).
-fn initdb(bin: &PgBin, owner: &Owner, path: &Path, locale: &str) -> Result<()> {
+fn initdb(bin: &PgBin, major: u32, owner: &Owner, path: &Path, locale: &str) -> Result<()> {
     let run = |locale: &str| {
         let mut cmd = owner.command(bin.tool("initdb"));
         cmd.arg("-D").arg(path).args(["-U", "postgres", "--auth=trust", "--no-instructions", "--data-checksums", "-E", "UTF8"]);
@@ -129,7 +129,8 @@ fn initdb(bin: &PgBin, owner: &Owner, path: &Path, locale: &str) -> Result<()> {
     text.push_str(
         "\n# --- pgbranch: masked follower main ---\nwal_level = minimal\nmax_wal_senders = 0\nwal_init_zero = off\nwal_recycle = off\nmax_wal_size = '2GB'\nmaintenance_work_mem = '256MB'\n",
     );
-    if has_lz4(bin) {
+    // (wal_compression is a boolean before PostgreSQL 15.)
+    if major >= 15 && has_lz4(bin) {
         text.push_str("wal_compression = lz4\n");
     }
     std::fs::write(&auto, text).with_context(|| format!("writing {}", auto.display()))?;
@@ -149,7 +150,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     let (config_name, config_text, config) = read_config(&opts.config)?;
     let source = Source::parse(&opts.source_url)?;
     let info = source.check_logical(&opts.slot, &opts.publication)?;
-    let bin = PgBin::for_major(opts.pg_bin.clone(), info.major)?;
+    let (bin, found) = PgBin::for_major_or_newer(opts.pg_bin.clone(), info.major)?;
     let owner = Owner::for_branches()?;
     let mut src = source.connect()?;
     let schema = SourceSchema::read(&mut src).context("reading the source's tables")?;
@@ -157,9 +158,6 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     if client::call(layout, &Request::Path { name: MAIN.into() }).is_ok() {
         bail!("branch main already exists; a store follows one source: run `pgbranch clone stop` and `pgbranch branch delete main` first, or use another --store");
     }
-    // The daemon's stream reads the store's copies of the TLS files.
-    let source_url = crate::source_tls::install(layout, &owner, &source)?;
-    let source = Source::parse(&source_url)?;
     let key = layout.mask_key()?;
     let db = src
         .query_one(
@@ -175,6 +173,17 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
             eprintln!("{s}");
         }
     };
+    if found.major == info.major {
+        say(&format!("main: PostgreSQL {} like the source ({})", found.version, bin.0.display()));
+    } else {
+        say(&format!(
+            "main: PostgreSQL {} ({}), newer than the source's {}: no PostgreSQL {} binaries here (pg_dump must be at least the source's version)",
+            found.version,
+            bin.0.display(),
+            info.version,
+            info.major
+        ));
+    }
     let started = Instant::now();
     let mut cleanup = Cleanup { layout, source: &source, slot: None, publication: None, main: false };
     let created = client::call(
@@ -183,7 +192,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     )?;
     cleanup.main = true;
     let path = PathBuf::from(created["path"].as_str().unwrap_or_default());
-    initdb(&bin, &owner, &path, &locale)?;
+    initdb(&bin, found.major, &owner, &path, &locale)?;
     let server = client::call(
         layout,
         &Request::LogicalMainStart { user: source.user.clone(), dbname: source.dbname.clone(), pg_bin: bin.0.display().to_string() },
@@ -208,7 +217,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     ))
     .with_context(|| format!("creating publication {} on the source", opts.publication))?;
     cleanup.publication = Some(opts.publication.clone());
-    let mut repl = ReplicationConn::connect(&source.config, &source.tls).context("opening a replication connection to the source")?;
+    let mut repl = ReplicationConn::connect(&source.config).context("opening a replication connection to the source")?;
     let slot = repl.create_logical_slot(&opts.slot).with_context(|| format!("creating logical slot {} on the source", opts.slot))?;
     cleanup.slot = Some(opts.slot.clone());
 
@@ -243,7 +252,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        let r = copy_tables(&source, &slot.snapshot_name, &target.config(), &tables, Masking { config: &config, key: &key }, workers, &rows);
+        let r = copy_tables(&source.config, &slot.snapshot_name, &target.config(), &tables, Masking { config: &config, key: &key }, workers, &rows);
         done.store(true, Ordering::Relaxed);
         r
     });
@@ -271,7 +280,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     let registered = client::call(
         layout,
         &Request::FollowRegisterLogical(LogicalFollow {
-            source_url,
+            source_url: opts.source_url.clone(),
             slot: opts.slot.clone(),
             publication: opts.publication.clone(),
             pg_bin: bin.0.display().to_string(),

@@ -1,0 +1,255 @@
+//! Issue 8, acceptance 3: PostgreSQL 14, 15, 16, 17 and 18, one test each. For every
+//! major: a source of that major; physical `clone stream` while pgbench writes on it; a
+//! branch cut under that load starts, keeps the pgbench invariant and is amcheck-clean;
+//! kill -9 of the daemon while the branch's postgres holds unflushed work, after which
+//! the restarted daemon brings the branch back through crash recovery with every
+//! committed row; and the masked follower with the seed's transform config. On 18,
+//! main and the branch run with io_method=worker, and again with io_uring where this
+//! build and kernel allow it (checked with a throwaway server; a skip says why).
+//!
+//! Binaries come from `PgBin::for_major`, as `pgbranch` finds them; 14, 16, 17 and 18
+//! from `scripts/install-postgres` (which `scripts/install-test-deps` runs). A missing
+//! major fails its test with the lookup's message and install hint.
+
+use std::time::{Duration, Instant};
+
+use pgbranch_integration::masked::{wait_until, write_config};
+use pgbranch_integration::*;
+
+/// The seed's transform file, verbatim (it covers every column of `users`).
+const SEED: &str = include_str!("../../replicator/tests/fixtures/seed-transform.yaml");
+
+fn last_line(s: &str) -> String {
+    s.lines().last().unwrap_or_default().trim().to_string()
+}
+
+fn elapsed(t: Instant) -> String {
+    format!("{:.1}s", t.elapsed().as_secs_f64())
+}
+
+/// The major of the server behind `url`.
+fn server_major(bin: &PgBin, url: &str) -> u32 {
+    let num: u32 = psql_url_with(bin, url, "SHOW server_version_num").unwrap().parse().unwrap();
+    num / 10000
+}
+
+/// Waits until the daemon reports the follower streaming and branch `name` running.
+fn wait_running(store: &TestStore, name: &str, timeout: Duration) {
+    let ok = wait_until(timeout, || {
+        let st = store.json(&["status"]);
+        let running = st["branches"].as_array().is_some_and(|bs| bs.iter().any(|b| b["name"] == name && b["running"] == true));
+        st["follower"]["state"] == "streaming" && running
+    });
+    assert!(ok, "the follower and branch {name} did not come back: {}", store.json(&["status"]));
+}
+
+fn check_major(major: u32) {
+    let t = Instant::now();
+    let (bin, _) = pg_env_for(major);
+    eprintln!("PostgreSQL {major}: binaries in {}", bin.0.display());
+    if major >= 18 {
+        physical(major, &bin, "worker");
+        match io_uring_support(&bin) {
+            Ok(()) => physical(major, &bin, "io_uring"),
+            Err(why) => eprintln!("PostgreSQL {major}: io_method=io_uring SKIPPED: {why}"),
+        }
+    } else {
+        physical(major, &bin, "");
+    }
+    masked(major, &bin);
+    eprintln!("PostgreSQL {major}: all checks passed in {}", elapsed(t));
+}
+
+/// Physical follower, branch under load, daemon crash. `io_method` (18+) is set on the
+/// source, whose configuration main and the branch inherit.
+fn physical(major: u32, bin: &PgBin, io_method: &str) {
+    let t = Instant::now();
+    let tag = format!("v{major}{io_method}");
+    let mut settings = vec!["max_wal_senders = 10".to_string()];
+    if !io_method.is_empty() {
+        settings.push(format!("io_method = {io_method}"));
+    }
+    let source = SourceDb::start_with(&tag, SourceOptions { bin: Some(bin.clone()), settings, ..Default::default() });
+    assert_eq!(server_major(bin, &source.url()), major, "the source runs the major under test");
+    source.server.pgbench(&["-i", "-q", "-s", "5", "postgres"]).unwrap();
+    source.server.psql("postgres", "CREATE TABLE marks (id int PRIMARY KEY)").unwrap();
+    let load = pgbench_background(&source.server, &["-n", "-c", "2", "-T", "600", "postgres"]);
+
+    // The initial copy and the standby, while pgbench writes on the source.
+    let store = TestStore::new(&tag);
+    let main_url = last_line(&store.ok(&["clone", "stream", "--source-url", &source.url()]));
+    assert_eq!(server_major(bin, &main_url), major, "main runs the source's major");
+    wait_running(&store, "main", Duration::from_secs(60));
+    // main receives WAL (its walreceiver connects with these binaries' libpq).
+    source.server.psql("postgres", "INSERT INTO marks VALUES (0)").unwrap();
+    let arrived = wait_until(Duration::from_secs(60), || psql_url_with(bin, &main_url, "SELECT count(*) FROM marks").as_deref() == Ok("1"));
+    assert!(arrived, "PostgreSQL {major}: a row committed on the source did not reach main: {}", store.json(&["status"]));
+    eprintln!("PostgreSQL {major}{io_method}: main streams ({})", elapsed(t));
+
+    // A branch cut under load starts, keeps the invariant and is amcheck-clean.
+    std::thread::sleep(Duration::from_secs(2));
+    store.ok(&["branch", "create", "b"]);
+    let b = store.branch_server_with("b", bin);
+    assert_pgbench_invariant(&b, "the branch cut under load");
+    amcheck(&b).unwrap_or_else(|e| panic!("PostgreSQL {major}: the branch cut under load: {e}"));
+    if major >= 18 {
+        let main = store.branch_server_with("main", bin);
+        for (name, s) in [("main", &main), ("b", &b)] {
+            assert_eq!(s.psql("postgres", "SHOW io_method").unwrap(), io_method, "{name}'s io_method");
+            assert_eq!(s.psql("postgres", "SHOW data_checksums").unwrap(), "on", "{name}: 18 checksums by default");
+        }
+    }
+    b.pgbench(&["-n", "-c", "2", "-t", "200", "postgres"]).unwrap();
+    assert_pgbench_invariant(&b, "the branch after its own writes");
+    eprintln!("PostgreSQL {major}{io_method}: branch cut under load, checked ({})", elapsed(t));
+
+    // Unflushed work on the branch: committed rows in dirty buffers (no checkpoint yet),
+    // an extension of the table by bulk insert, and a transaction left open.
+    b.psql(
+        "postgres",
+        "CREATE TABLE crash_rows (id int PRIMARY KEY, pad text);
+         INSERT INTO crash_rows SELECT g, repeat('x', 300) FROM generate_series(1, 20000) g;
+         UPDATE pgbench_accounts SET abalance = abalance WHERE aid % 7 = 0;",
+    )
+    .unwrap();
+    let mut open = b.owner.command(bin.tool("psql"));
+    open.args(["-X", "-h"]).arg(&b.socket_dir).args(["-p", &b.port.to_string(), "-d", "postgres"]);
+    open.args(["-c", "BEGIN", "-c", "INSERT INTO crash_rows VALUES (-1, 'uncommitted')", "-c", "SELECT pg_sleep(600)"]);
+    let open = Background::spawn(open);
+    assert!(
+        wait_until(Duration::from_secs(30), || b
+            .psql("postgres", "SELECT count(*) FROM pg_stat_activity WHERE query = 'SELECT pg_sleep(600)'")
+            .is_ok_and(|n| n == "1")),
+        "the open transaction did not start"
+    );
+    source.server.psql("postgres", "INSERT INTO marks VALUES (1)").unwrap(); // before the crash
+    store.kill_daemon();
+    drop(open);
+    std::thread::sleep(Duration::from_secs(1));
+    store.ok(&["status"]); // restarts the daemon
+    wait_running(&store, "b", Duration::from_secs(120));
+    let b = store.branch_server_with("b", bin);
+    assert_eq!(
+        b.psql("postgres", "SELECT count(*), count(*) FILTER (WHERE id < 0) FROM crash_rows").unwrap(),
+        "20000|0",
+        "PostgreSQL {major}: after the crash the branch holds its committed rows and not the open transaction's"
+    );
+    assert_pgbench_invariant(&b, "the branch after crash recovery");
+    amcheck(&b).unwrap_or_else(|e| panic!("PostgreSQL {major}: the branch after crash recovery: {e}"));
+    // main streams again: a row committed on the source before the crash arrives.
+    let arrived = wait_until(Duration::from_secs(60), || psql_url_with(bin, &main_url, "SELECT count(*) FROM marks").as_deref() == Ok("2"));
+    assert!(
+        arrived,
+        "PostgreSQL {major}: main did not resume streaming after the daemon restart: {:?}; {}",
+        psql_url_with(bin, &main_url, "SELECT count(*) FROM marks"),
+        store.json(&["status"])
+    );
+    drop(load);
+    eprintln!("PostgreSQL {major}{io_method}: daemon kill -9, branch recovered ({})", elapsed(t));
+    drop(store);
+}
+
+/// Whether postgres of `bin` starts with io_method=io_uring here: Err says why not (the
+/// build lacks liburing, or the kernel refuses io_uring).
+fn io_uring_support(bin: &PgBin) -> Result<(), String> {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/io_uring_disabled").map(|s| s.trim().to_string());
+    let owner = Owner::for_branches().map_err(|e| e.to_string())?;
+    let dir = std::env::temp_dir().join(format!("pgbranch-iouring-probe-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    owner.private_dir(&dir.join("data")).map_err(|e| e.to_string())?;
+    let mut initdb = owner.command(bin.tool("initdb"));
+    initdb.arg("-D").arg(dir.join("data")).args(["-U", "postgres", "--auth=trust", "--no-instructions"]);
+    let result = owner.run(&mut initdb, "initdb of a throwaway server").map_err(|e| e.to_string()).and_then(|_| {
+        let port = pg::free_port().map_err(|e| e.to_string())?;
+        Server::start_with(bin, &owner, &dir.join("data"), &dir.join("run"), port, "-c io_method=io_uring").map(drop).map_err(|e| {
+            let text = format!("{e:#}");
+            let fatal = text.lines().find(|l| l.contains("FATAL") || l.contains("LOG:  io_uring")).unwrap_or("the server did not start");
+            fatal.split_once("FATAL:").map_or(fatal, |(_, m)| m).trim().to_string()
+        })
+    });
+    let _ = std::fs::remove_dir_all(&dir);
+    result.map_err(|why| {
+        let kernel = match kernel {
+            Ok(v) => format!("kernel.io_uring_disabled = {v}"),
+            Err(_) => "kernel.io_uring_disabled not present".into(),
+        };
+        let hint = if why.contains("invalid value") { " (these binaries were built without liburing)" } else { "" };
+        format!("a throwaway server refused io_method=io_uring: {why}{hint}; {kernel}")
+    })
+}
+
+/// The masked follower with the seed's config on a source of `major`; main runs the
+/// same major (found here), and says so.
+fn masked(major: u32, bin: &PgBin) {
+    let t = Instant::now();
+    let settings = ["wal_level = logical", "max_wal_senders = 10", "max_replication_slots = 10"].map(String::from).to_vec();
+    let source = SourceDb::start_with(&format!("m{major}"), SourceOptions { bin: Some(bin.clone()), settings, ..Default::default() });
+    source
+        .server
+        .psql(
+            "postgres",
+            "CREATE TABLE users (email text PRIMARY KEY, full_name text NOT NULL, address text);
+             INSERT INTO users SELECT 'person' || g || '@acme-corp.io', 'First' || g || ' Last', g || ' Real Street, Boston' FROM generate_series(1, 500) g;",
+        )
+        .unwrap();
+    let store = TestStore::new(&format!("m{major}"));
+    let config = write_config(&store.dir.with_extension("configs"), "seed.yaml", SEED);
+    let out = store.run(&["clone", "stream", "--source-url", &source.url(), "--config", config.to_str().unwrap()]);
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "PostgreSQL {major}: masked clone failed:\n{stdout}{stderr}");
+    assert!(
+        stderr.contains(&format!("main: PostgreSQL {major}.")) && stderr.contains("like the source"),
+        "says which postgres main runs: {stderr}"
+    );
+    let main = last_line(&stdout);
+    assert_eq!(server_major(bin, &main), major);
+
+    let masked = psql_url_with(bin, &main, "SELECT email, full_name, address FROM users").unwrap();
+    let rows: Vec<Vec<&str>> = masked.lines().map(|l| l.split('|').collect()).collect();
+    assert_eq!(rows.len(), 500);
+    for r in &rows {
+        assert!(r[0].ends_with("@acme-corp.io") && !r[0].starts_with("person"), "email masked, domain kept: {r:?}");
+        assert!(!r[1].starts_with("First") && !r[2].contains("Real Street"), "name and address masked: {r:?}");
+    }
+    // Live changes arrive masked.
+    source.server.psql("postgres", "INSERT INTO users VALUES ('late.comer@acme-corp.io', 'Late Comer', '1 New Road')").unwrap();
+    let arrived = wait_until(Duration::from_secs(30), || psql_url_with(bin, &main, "SELECT count(*) FROM users").as_deref() == Ok("501"));
+    assert!(arrived, "PostgreSQL {major}: a live insert did not reach the masked main");
+    let raw = psql_url_with(bin, &main, "SELECT count(*) FROM users WHERE email LIKE 'late.comer%' OR full_name = 'Late Comer'").unwrap();
+    assert_eq!(raw, "0", "the live row arrived masked");
+    // A branch of the masked main runs on the same binaries.
+    store.ok(&["branch", "create", "dev"]);
+    let dev = store.branch_server_with("dev", bin);
+    assert_eq!(dev.psql("postgres", "SELECT count(*) FROM users").unwrap(), "501");
+    amcheck(&dev).unwrap_or_else(|e| panic!("PostgreSQL {major}: a branch of the masked main: {e}"));
+    store.ok(&["clone", "stop", "--drop-slot"]);
+    eprintln!("PostgreSQL {major}: masked follower with the seed config ({})", elapsed(t));
+    let dir = store.dir.with_extension("configs");
+    drop(store);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn postgres_14() {
+    check_major(14);
+}
+
+#[test]
+fn postgres_15() {
+    check_major(15);
+}
+
+#[test]
+fn postgres_16() {
+    check_major(16);
+}
+
+#[test]
+fn postgres_17() {
+    check_major(17);
+}
+
+#[test]
+fn postgres_18() {
+    check_major(18);
+}
