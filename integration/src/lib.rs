@@ -477,3 +477,4 @@ pub fn bench_table_rows(rows: &[Value]) -> String {
 }
 
 pub mod masked;
+pub mod tls;

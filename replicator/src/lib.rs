@@ -1,7 +1,8 @@
 //! pgbranch-replicator: everything that talks to postgres — running stock postgres
 //! binaries as the right user ([`pg`]), checking and following a source database
 //! ([`source`], [`basebackup`], [`follower`]), reading its replicated schema
-//! ([`catalog`]) and scanning it for PII ([`pii`]). Nothing here knows about FUSE.
+//! ([`catalog`]) and scanning it for PII ([`pii`]), over TLS as the URL says ([`tls`]).
+//! Nothing here knows about FUSE.
 
 pub mod basebackup;
 pub mod catalog;
@@ -12,4 +13,5 @@ pub mod pg;
 pub mod pg_find;
 pub mod pii;
 pub mod source;
+pub mod tls;
 pub mod transform;

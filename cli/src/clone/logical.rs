@@ -158,6 +158,9 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     if client::call(layout, &Request::Path { name: MAIN.into() }).is_ok() {
         bail!("branch main already exists; a store follows one source: run `pgbranch clone stop` and `pgbranch branch delete main` first, or use another --store");
     }
+    // The daemon's stream reads the store's copies of the TLS files.
+    let source_url = crate::source_tls::install(layout, &owner, &source)?;
+    let source = Source::parse(&source_url)?;
     let key = layout.mask_key()?;
     let db = src
         .query_one(
@@ -217,7 +220,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     ))
     .with_context(|| format!("creating publication {} on the source", opts.publication))?;
     cleanup.publication = Some(opts.publication.clone());
-    let mut repl = ReplicationConn::connect(&source.config).context("opening a replication connection to the source")?;
+    let mut repl = ReplicationConn::connect(&source.config, &source.tls).context("opening a replication connection to the source")?;
     let slot = repl.create_logical_slot(&opts.slot).with_context(|| format!("creating logical slot {} on the source", opts.slot))?;
     cleanup.slot = Some(opts.slot.clone());
 
@@ -252,7 +255,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        let r = copy_tables(&source.config, &slot.snapshot_name, &target.config(), &tables, Masking { config: &config, key: &key }, workers, &rows);
+        let r = copy_tables(&source, &slot.snapshot_name, &target.config(), &tables, Masking { config: &config, key: &key }, workers, &rows);
         done.store(true, Ordering::Relaxed);
         r
     });
@@ -280,7 +283,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     let registered = client::call(
         layout,
         &Request::FollowRegisterLogical(LogicalFollow {
-            source_url: opts.source_url.clone(),
+            source_url,
             slot: opts.slot.clone(),
             publication: opts.publication.clone(),
             pg_bin: bin.0.display().to_string(),
