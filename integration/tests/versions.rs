@@ -19,6 +19,15 @@ use pgbranch_integration::*;
 /// The seed's transform file, verbatim (it covers every column of `users`).
 const SEED: &str = include_str!("../../replicator/tests/fixtures/seed-transform.yaml");
 
+/// A directory removed when dropped, on success and on panic.
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 fn last_line(s: &str) -> String {
     s.lines().last().unwrap_or_default().trim().to_string()
 }
@@ -57,6 +66,9 @@ fn check_major(major: u32) {
         physical(major, &bin, "");
     }
     masked(major, &bin);
+    if major == 14 {
+        masked_on_a_newer_major(&bin);
+    }
     eprintln!("PostgreSQL {major}: all checks passed in {}", elapsed(t));
 }
 
@@ -192,8 +204,10 @@ fn masked(major: u32, bin: &PgBin) {
              INSERT INTO users SELECT 'person' || g || '@acme-corp.io', 'First' || g || ' Last', g || ' Real Street, Boston' FROM generate_series(1, 500) g;",
         )
         .unwrap();
+    // Declared before the store: dropped after it, on panic too.
+    let configs = TempDir(std::env::temp_dir().join(format!("pgbranch-versions-configs-{major}-{}", std::process::id())));
     let store = TestStore::new(&format!("m{major}"));
-    let config = write_config(&store.dir.with_extension("configs"), "seed.yaml", SEED);
+    let config = write_config(&configs.0, "seed.yaml", SEED);
     let out = store.run(&["clone", "stream", "--source-url", &source.url(), "--config", config.to_str().unwrap()]);
     let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "PostgreSQL {major}: masked clone failed:\n{stdout}{stderr}");
@@ -224,9 +238,55 @@ fn masked(major: u32, bin: &PgBin) {
     amcheck(&dev).unwrap_or_else(|e| panic!("PostgreSQL {major}: a branch of the masked main: {e}"));
     store.ok(&["clone", "stop", "--drop-slot"]);
     eprintln!("PostgreSQL {major}: masked follower with the seed config ({})", elapsed(t));
-    let dir = store.dir.with_extension("configs");
     drop(store);
-    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// The masked follower of a 14 source where no 14 binaries are found: main runs the
+/// newest major above it (here a cache holding only 16 and 18), and says so.
+fn masked_on_a_newer_major(bin14: &PgBin) {
+    let t = Instant::now();
+    let (bin16, bin18) = (pg_env_for(16).0, pg_env_for(18).0);
+    let settings = ["wal_level = logical", "max_wal_senders = 10", "max_replication_slots = 10"].map(String::from).to_vec();
+    let source = SourceDb::start_with("m14up", SourceOptions { bin: Some(bin14.clone()), settings, ..Default::default() });
+    source
+        .server
+        .psql(
+            "postgres",
+            "CREATE TABLE users (email text PRIMARY KEY, full_name text NOT NULL, address text);
+             INSERT INTO users SELECT 'person' || g || '@acme-corp.io', 'First' || g || ' Last', g || ' Street' FROM generate_series(1, 100) g;",
+        )
+        .unwrap();
+    // Declared before the store: dropped after it (its servers run from the cache), on panic too.
+    let cache = TempDir(std::env::temp_dir().join(format!("pgbranch-versions-pgcache-{}", std::process::id())));
+    let configs = TempDir(std::env::temp_dir().join(format!("pgbranch-versions-configs-14up-{}", std::process::id())));
+    let store = TestStore::new("m14up");
+    std::fs::create_dir_all(&cache.0).unwrap();
+    for (major, bin) in [(16, &bin16), (18, &bin18)] {
+        std::os::unix::fs::symlink(bin.0.parent().unwrap(), cache.0.join(major.to_string())).unwrap();
+    }
+    let config = write_config(&configs.0, "seed.yaml", SEED);
+    let out = store
+        .command()
+        .env("PGBRANCH_PG_CACHE", &cache.0)
+        .args(["clone", "stream", "--source-url", &source.url(), "--config", config.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "masked clone of 14 onto a newer major failed:\n{stdout}{stderr}");
+    assert!(
+        stderr.contains("main: PostgreSQL 18.") && stderr.contains("newer than the source's 14."),
+        "says which postgres main runs: {stderr}"
+    );
+    let main = last_line(&stdout);
+    assert_eq!(server_major(&bin18, &main), 18);
+    assert_eq!(psql_url_with(&bin18, &main, "SELECT count(*) FROM users WHERE email LIKE 'person%'").unwrap(), "0");
+    source.server.psql("postgres", "INSERT INTO users VALUES ('late.comer@acme-corp.io', 'Late Comer', '1 New Road')").unwrap();
+    let arrived =
+        wait_until(Duration::from_secs(30), || psql_url_with(&bin18, &main, "SELECT count(*) FROM users").as_deref() == Ok("101"));
+    assert!(arrived, "a live insert on the 14 source did not reach the 18 main");
+    store.ok(&["clone", "stop", "--drop-slot"]);
+    eprintln!("PostgreSQL 14: masked follower onto an 18 main (no 14 binaries in its cache) ({})", elapsed(t));
+    drop(store);
 }
 
 #[test]
