@@ -181,13 +181,28 @@ fn io_uring_support(bin: &PgBin) -> Result<(), String> {
     });
     let _ = std::fs::remove_dir_all(&dir);
     result.map_err(|why| {
-        let kernel = match kernel {
+        let sysctl = match kernel {
             Ok(v) => format!("kernel.io_uring_disabled = {v}"),
-            Err(_) => "kernel.io_uring_disabled not present".into(),
+            Err(_) => "no kernel.io_uring_disabled".into(),
+        };
+        let kernel = match kernel_io_uring() {
+            Ok(()) => format!("the kernel itself allows io_uring (io_uring_setup works here; {sysctl})"),
+            Err(e) => format!("the kernel refuses io_uring too (io_uring_setup: {e}; {sysctl})"),
         };
         let hint = if why.contains("invalid value") { " (these binaries were built without liburing)" } else { "" };
         format!("a throwaway server refused io_method=io_uring: {why}{hint}; {kernel}")
     })
+}
+
+/// Whether this process may set up an io_uring instance (kernel, sysctl and seccomp allowing).
+fn kernel_io_uring() -> Result<(), std::io::Error> {
+    let mut params = [0u8; 120]; // struct io_uring_params, zeroed
+    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    unsafe { libc::close(fd as i32) };
+    Ok(())
 }
 
 /// The masked follower with the seed's config on a source of `major`; main runs the
