@@ -136,7 +136,11 @@ enum CloneCmd {
         /// Replication slot to create on the source.
         #[arg(long, default_value = pgbranch::clone::DEFAULT_SLOT)]
         slot: String,
-        /// Directory of postgres binaries of the source's major version.
+        /// Directory of postgres binaries of the source's major version (the masked
+        /// follower also takes a newer one). Default: the first found of $PG_CONFIG,
+        /// /usr/lib/postgresql/N/bin, /usr/pgsql-N/bin, Homebrew's postgresql@N,
+        /// /usr/local/pgsql/bin and pgbranch's cache ($PGBRANCH_PG_CACHE or
+        /// /var/cache/pgbranch/postgresql/N/bin, ~/.cache/pgbranch/postgresql/N/bin).
         #[arg(long, value_name = "DIR")]
         pg_bin: Option<PathBuf>,
         /// Transform config (YAML): follow logically, masking PII in flight; main is a
