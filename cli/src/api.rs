@@ -55,6 +55,9 @@ pub struct LogicalFollow {
     pub config_name: String,
     pub config_text: String,
     pub strict: bool,
+    /// pgbranch created the publication (else a superuser made it for a role that is
+    /// not one): `clone stop --drop-slot` drops only what pgbranch created.
+    pub publication_created: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

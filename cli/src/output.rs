@@ -142,6 +142,18 @@ pub fn status(data: &Value, json: bool) -> Result<()> {
         if let Some(e) = f["error"].as_str() {
             println!("lag:       unknown ({e})");
         }
+        for r in f["settings_raised"].as_array().into_iter().flatten() {
+            println!(
+                "settings:  raised {} {} -> {} on main at {} (the source raised it; main restarted)",
+                r["name"].as_str().unwrap_or("?"),
+                r["from"],
+                r["to"],
+                unix_time(r["at_unix"].as_i64().unwrap_or(0))
+            );
+        }
+        if let Some(n) = f["standby_restarts"].as_u64().filter(|n| *n > 0) {
+            println!("standby:   exited by itself {n} time(s) and was started again (see its log in STORE/run/main/postgres.log)");
+        }
     }
     let branches = data["branches"].as_array().cloned().unwrap_or_default();
     println!("branches:  {}", branches.len());
@@ -159,4 +171,11 @@ pub fn status(data: &Value, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// A unix time as UTC `YYYY-MM-DD HH:MM:SS`.
+fn unix_time(t: i64) -> String {
+    let (days, secs) = (t.div_euclid(86400), t.rem_euclid(86400));
+    let date = pgbranch_replicator::civil_date::civil_date(days);
+    format!("{date} {:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
 }

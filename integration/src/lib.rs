@@ -421,7 +421,7 @@ pub fn append_lines(path: &Path, lines: &[String]) {
     if lines.is_empty() {
         return;
     }
-    let mut f = std::fs::OpenOptions::new().append(true).open(path).unwrap();
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(path).unwrap();
     std::io::Write::write_all(&mut f, format!("\n{}\n", lines.join("\n")).as_bytes()).unwrap();
 }
 
@@ -477,4 +477,5 @@ pub fn bench_table_rows(rows: &[Value]) -> String {
 }
 
 pub mod masked;
+pub mod packaged;
 pub mod tls;

@@ -31,18 +31,21 @@ fn parse_progress(line: &str) -> Option<Progress> {
 
 /// Copies the source into `dest` (empty, owned by `owner`) and creates `slot`.
 /// `-R` leaves standby.signal and primary_conninfo, so a postgres started on `dest`
-/// follows the source from the slot.
+/// follows the source from the slot. `extra_args` go to pg_basebackup as they are
+/// (e.g. tablespace mappings).
 pub fn run(
     bin: &PgBin,
     owner: &Owner,
     source: &Source,
     dest: &Path,
     slot: &str,
+    extra_args: &[String],
     mut on_progress: impl FnMut(Progress),
 ) -> Result<(), BasebackupError> {
     let mut cmd = owner.command(bin.tool("pg_basebackup"));
     cmd.arg("-d").arg(source.libpq_url()).arg("-D").arg(dest);
     cmd.args(["-X", "stream", "-C", "-S", slot, "-R", "-P", "-c", "fast", "-w"]);
+    cmd.args(extra_args);
     cmd.stdout(Stdio::null()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(BasebackupError::Spawn)?;
     let mut stderr = child.stderr.take().unwrap();

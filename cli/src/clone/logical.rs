@@ -213,13 +213,17 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     archive.restore_pre_data(&target)?;
     say(&format!("main: schema and roles of {} tables copied ({:.1}s)", schema.tables.len(), started.elapsed().as_secs_f64()));
 
-    let mut src = source.connect()?;
-    src.batch_execute(&format!(
-        "CREATE PUBLICATION {} FOR ALL TABLES WITH (publish_via_partition_root = true)",
-        pgbranch_replicator::catalog::quote_ident(&opts.publication)
-    ))
-    .with_context(|| format!("creating publication {} on the source", opts.publication))?;
-    cleanup.publication = Some(opts.publication.clone());
+    if info.publication_exists {
+        say(&format!("using the existing publication {} on the source (it is left in place)", opts.publication));
+    } else {
+        let mut src = source.connect()?;
+        src.batch_execute(&format!(
+            "CREATE PUBLICATION {} FOR ALL TABLES WITH (publish_via_partition_root = true)",
+            pgbranch_replicator::catalog::quote_ident(&opts.publication)
+        ))
+        .with_context(|| format!("creating publication {} on the source", opts.publication))?;
+        cleanup.publication = Some(opts.publication.clone());
+    }
     let mut repl = ReplicationConn::connect(&source.config, &source.tls).context("opening a replication connection to the source")?;
     let slot = repl.create_logical_slot(&opts.slot).with_context(|| format!("creating logical slot {} on the source", opts.slot))?;
     cleanup.slot = Some(opts.slot.clone());
@@ -290,6 +294,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
             config_name,
             config_text,
             strict: opts.strict,
+            publication_created: !info.publication_exists,
         }),
     )?;
     cleanup.main = false;

@@ -9,7 +9,9 @@ use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use pgbranch_replicator::basebackup;
 use pgbranch_replicator::pg::{Owner, PgBin};
+use pgbranch_replicator::pgconf::{self, ServerConf, SourceSettings};
 use pgbranch_replicator::source::Source;
+use pgbranch_replicator::tablespace::{self, Tablespace};
 
 use crate::api::Request;
 use crate::client;
@@ -22,6 +24,10 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
     let info = source.check_physical(slot)?;
     let bin = PgBin::for_major(pg_bin, info.major)?;
     let owner = Owner::for_branches()?;
+    let (settings, tablespaces) = {
+        let mut c = source.connect()?;
+        (pgconf::read_source_settings(&mut c)?, tablespace::list(&mut c)?)
+    };
     if client::call(layout, &Request::Path { name: MAIN.into() }).is_ok() {
         bail!("branch main already exists; a store follows one source: run `pgbranch clone stop` and `pgbranch branch delete main` first, or use another --store");
     }
@@ -42,17 +48,20 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
     bar.enable_steady_tick(Duration::from_millis(200));
     let t = std::time::Instant::now();
     let mut total = 0;
-    let copied = basebackup::run(&bin, &owner, &source, &path, slot, |p| {
+    let mappings = tablespace::mapping_args(&path, &tablespaces);
+    let copied = basebackup::run(&bin, &owner, &source, &path, slot, &mappings, |p| {
         total = p.total_bytes;
         bar.set_length(p.total_bytes);
         bar.set_position(p.done_bytes);
-    });
+    })
+    .map_err(anyhow::Error::from)
+    .and_then(|()| configure_main(&bin, &owner, &path, settings, &tablespaces, quiet));
     if let Err(e) = copied {
         bar.abandon();
         // Leave neither a slot on the source nor a half-made main.
         let _ = source.drop_slot(slot);
         let _ = client::call(layout, &Request::Delete { name: MAIN.into(), snapshot: false });
-        return Err(e).context("initial copy of the source failed; nothing was left behind");
+        return Err(e.context("initial copy of the source failed; nothing was left behind"));
     }
     bar.finish_and_clear();
     if !quiet {
@@ -74,4 +83,31 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
             Err(e).context("starting the standby on main failed")
         }
     }
+}
+
+/// Gives the fresh copy in `path` its own configuration and in-place tablespaces.
+fn configure_main(bin: &PgBin, owner: &Owner, path: &std::path::Path, settings: SourceSettings, tablespaces: &[Tablespace], quiet: bool) -> Result<()> {
+    tablespace::make_in_place(path, tablespaces)?;
+    let mut minimums = pgconf::from_controldata(bin, owner, path)?;
+    minimums.merge(&settings.minimums);
+    let (libraries, missing) = pgconf::available_libraries(bin, &settings.preload_libraries);
+    if !missing.is_empty() {
+        eprintln!(
+            "warning: the source preloads {}, which the local PostgreSQL binaries in {} do not have; main runs without {}",
+            missing.join(", "),
+            bin.0.display(),
+            if missing.len() == 1 { "it" } else { "them" }
+        );
+    }
+    let carried = settings.carried.len();
+    let in_place_tablespaces = !tablespaces.is_empty() && bin.major()? >= 15;
+    pgconf::write(path, owner, &ServerConf { carried: settings.carried, minimums: minimums.clone(), preload_libraries: libraries, in_place_tablespaces })?;
+    if !quiet {
+        let m: Vec<String> = minimums.0.iter().map(|(n, v)| format!("{n}={v}")).collect();
+        eprintln!("main: own postgresql.conf ({carried} settings carried from the source; {})", m.join(", "));
+        for t in tablespaces {
+            eprintln!("main: tablespace {} ({} on the source) copied into the branch", t.name, t.location);
+        }
+    }
+    Ok(())
 }

@@ -75,6 +75,8 @@ impl Daemon {
             }
             return v;
         }
+        v["settings_raised"] = json!(f.settings_raised);
+        v["standby_restarts"] = json!(f.standby_restarts);
         if let (false, Some(server), Ok(source)) = (f.stopped, self.servers.server(MAIN), Source::parse(&f.source_url)) {
             match follower::measure(&source, &server) {
                 Ok(lag) => {
@@ -120,10 +122,19 @@ impl Daemon {
         }
         let spec = self.servers.spec(name).unwrap();
         if let Some(password) = &spec.password {
-            let sql = format!("ALTER ROLE CURRENT_USER PASSWORD '{}'", password.replace('\'', "''"));
-            server
-                .psql_as(&spec.user, &spec.dbname, &sql)
-                .with_context(|| format!("setting the password of role {} on branch {name}", spec.user))?;
+            // As the bootstrap superuser: a role without it cannot change its own
+            // password when it has REPLICATION (a physical follower's role may).
+            let set = || -> Result<()> {
+                let admin = server.psql_as(&spec.user, &spec.dbname, "SELECT rolname FROM pg_roles WHERE oid = 10")?;
+                let sql = format!(
+                    "ALTER ROLE {} PASSWORD '{}'",
+                    pgbranch_replicator::catalog::quote_ident(&spec.user),
+                    password.replace('\'', "''")
+                );
+                server.psql_as(&admin, &spec.dbname, &sql)?;
+                Ok(())
+            };
+            set().with_context(|| format!("setting the password of role {} on branch {name}", spec.user))?;
         }
         Ok(())
     }
@@ -213,6 +224,9 @@ impl Daemon {
                 publication: None,
                 config_name: None,
                 strict: true,
+                publication_created: false,
+                settings_raised: Vec::new(),
+                standby_restarts: 0,
             });
         }
         self.servers.save()?;
@@ -247,6 +261,9 @@ impl Daemon {
             publication: Some(l.publication),
             config_name: Some(l.config_name),
             strict: l.strict,
+            publication_created: l.publication_created,
+            settings_raised: Vec::new(),
+            standby_restarts: 0,
         };
         self.servers.state.lock().follower = Some(f.clone());
         self.servers.save()?;
@@ -291,7 +308,9 @@ impl Daemon {
             if drop_slot {
                 let source = Source::parse(&f.source_url)?;
                 dropped = source.drop_slot(&f.slot)?;
-                source.drop_publication(f.publication.as_deref().unwrap_or(&f.slot))?;
+                if f.publication_created {
+                    source.drop_publication(f.publication.as_deref().unwrap_or(&f.slot))?;
+                }
             }
         } else {
             self.servers.stop(MAIN, false)?;

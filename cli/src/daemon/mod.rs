@@ -4,6 +4,7 @@
 mod follower;
 mod handlers;
 pub mod servers;
+mod standby;
 
 pub use handlers::MAIN;
 
@@ -318,6 +319,7 @@ pub fn run(layout: Layout) -> Result<()> {
     let daemon = Daemon::start(layout)?;
     daemon.spawn_committer();
     daemon.restore_servers();
+    daemon.spawn_standby_watch();
     let d = daemon.clone();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
     std::thread::spawn(move || {

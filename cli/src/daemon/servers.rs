@@ -55,6 +55,24 @@ pub struct FollowerConfig {
     pub config_name: Option<String>,
     #[serde(default = "yes")]
     pub strict: bool,
+    /// Whether pgbranch created the publication (and so may drop it).
+    #[serde(default = "yes")]
+    pub publication_created: bool,
+    /// Hot-standby settings pgbranch raised on main after the source raised them.
+    #[serde(default)]
+    pub settings_raised: Vec<RaisedSetting>,
+    /// Times main's standby exited on its own and was started again.
+    #[serde(default)]
+    pub standby_restarts: u64,
+}
+
+/// One hot-standby setting raised on main to match the source.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RaisedSetting {
+    pub name: String,
+    pub from: i64,
+    pub to: i64,
+    pub at_unix: i64,
 }
 
 fn physical() -> String {
@@ -182,6 +200,25 @@ impl Servers {
         }
         self.live.lock().insert(name.to_string(), server);
         self.save()
+    }
+
+    /// Whether the server of `name`, started by this daemon, has since exited by itself.
+    pub fn exited(&self, name: &str) -> bool {
+        self.live.lock().get(name).and_then(|s| s.pid).is_some_and(|p| !is_running(p))
+    }
+
+    /// Stops the server of `name` if it still runs (or forgets it if it exited; its pid
+    /// may belong to another process by now) and starts it again.
+    pub fn restart(&self, name: &str, data: &Path) -> Result<()> {
+        let old = self.live.lock().remove(name);
+        if let Some(mut server) = old {
+            if server.pid.is_some_and(is_running) {
+                server.stop().with_context(|| format!("stopping postgres on branch {name}"))?;
+            } else {
+                server.detach();
+            }
+        }
+        self.start(name, data)
     }
 
     /// Stops the server of branch `name` (fast shutdown); `keep_running` records
