@@ -25,6 +25,9 @@ pub struct Env {
     pub pg_config: Option<OsString>,
     pub cache: Option<PathBuf>,
     pub home: Option<PathBuf>,
+    /// The uid and gid postgres runs as when that is another user than ours (root runs
+    /// it as `postgres`): binaries that user cannot reach are reported, not used.
+    pub runner: Option<(u32, u32)>,
 }
 
 impl Env {
@@ -35,6 +38,19 @@ impl Env {
             pg_config: std::env::var_os("PG_CONFIG").filter(|v| !v.is_empty()),
             cache: std::env::var_os("PGBRANCH_PG_CACHE").filter(|v| !v.is_empty()).map(PathBuf::from),
             home: std::env::var_os("HOME").filter(|v| !v.is_empty()).map(PathBuf::from),
+            runner: postgres_user_if_root(),
+        }
+    }
+
+    /// [`probe`], and whether the user postgres runs as can reach what it found.
+    pub fn probe(&self, dir: &Path) -> Found {
+        let found = probe(dir);
+        match (&found, self.runner) {
+            (Found::Version { version, .. }, Some((uid, gid))) => match unreachable_part(&dir.join("postgres"), uid, gid) {
+                Some(blocked) => Found::Unreachable { version: version.clone(), blocked },
+                None => found,
+            },
+            _ => found,
         }
     }
 
@@ -128,6 +144,12 @@ pub enum Found {
     NotThere,
     NoPostgres,
     Unreadable(String),
+    /// A PostgreSQL `version` that the user postgres runs as cannot execute (`blocked`
+    /// is the first folder or file on the way it may not search or run).
+    Unreachable {
+        version: String,
+        blocked: PathBuf,
+    },
     /// A PostgreSQL of `major` (`version` in full), lacking the tools named.
     Version {
         major: u32,
@@ -142,6 +164,9 @@ impl fmt::Display for Found {
             Found::NotThere => write!(f, "not there"),
             Found::NoPostgres => write!(f, "no postgres binary"),
             Found::Unreadable(e) => write!(f, "{e}"),
+            Found::Unreachable { version, blocked } => {
+                write!(f, "PostgreSQL {version}, but the postgres OS user cannot reach it ({} is closed to it)", blocked.display())
+            }
             Found::Version { version, lacks, .. } if lacks.is_empty() => write!(f, "PostgreSQL {version}"),
             Found::Version { version, lacks, .. } => write!(f, "PostgreSQL {version}, but without {}", lacks.join(", ")),
         }
@@ -171,6 +196,42 @@ pub fn probe(dir: &Path) -> Found {
     };
     let lacks = TOOLS.iter().copied().filter(|t| !dir.join(t).exists()).collect();
     Found::Version { major, version, lacks }
+}
+
+/// The `postgres` OS user's uid and gid when we run as root (postgres refuses root).
+fn postgres_user_if_root() -> Option<(u32, u32)> {
+    if unsafe { libc::geteuid() } != 0 {
+        return None;
+    }
+    let pw = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
+    if pw.is_null() {
+        return None;
+    }
+    let pw = unsafe { &*pw };
+    Some((pw.pw_uid, pw.pw_gid))
+}
+
+/// The first folder on the way to `file` (or `file` itself) that `uid`/`gid` may not
+/// search (execute), by the permission bits; None when the way is open.
+fn unreachable_part(file: &Path, uid: u32, gid: u32) -> Option<PathBuf> {
+    use std::os::unix::fs::MetadataExt;
+    let real = std::fs::canonicalize(file).ok()?;
+    let mut parts: Vec<&Path> = real.ancestors().collect();
+    parts.reverse();
+    parts
+        .into_iter()
+        .find(|p| {
+            let Ok(m) = std::fs::metadata(p) else { return true };
+            let bit = if m.uid() == uid {
+                0o100
+            } else if m.gid() == gid {
+                0o010
+            } else {
+                0o001
+            };
+            m.mode() & bit == 0
+        })
+        .map(Path::to_path_buf)
 }
 
 /// "postgres (PostgreSQL) 17.11 (Debian 17.11-1)" -> (17, "17.11").
@@ -240,12 +301,12 @@ pub fn locate(env: &Env, flag: Option<&Path>, major: u32, or_newer: bool) -> Res
     let not_found = |looked| NotFound { major, or_newer, looked, cache_root: env.cache_root() };
     if let Some(dir) = flag {
         let place = Place { what: "--pg-bin".into(), dir: dir.to_path_buf() };
-        let found = probe(dir);
+        let found = env.probe(dir);
         return usable(&place, &found, major, or_newer).ok_or_else(|| not_found(vec![(place, found)]));
     }
     let mut looked: Vec<(Place, Found)> = Vec::new();
     for place in env.places(major) {
-        let found = probe(&place.dir);
+        let found = env.probe(&place.dir);
         if let Some(l) = usable(&place, &found, major, false) {
             return Ok(l);
         }
@@ -260,7 +321,7 @@ pub fn locate(env: &Env, flag: Option<&Path>, major: u32, or_newer: bool) -> Res
             }
             let fresh: Vec<Place> = env.places(m).into_iter().filter(|p| !looked.iter().any(|(l, _)| l.dir == p.dir)).collect();
             for place in fresh {
-                let found = probe(&place.dir);
+                let found = env.probe(&place.dir);
                 if let Some(l) = usable(&place, &found, m, false) {
                     best = Some(l);
                     break;

@@ -18,7 +18,7 @@ impl Root {
     }
 
     fn env(&self) -> Env {
-        Env { root: self.0.clone(), pg_config: None, cache: None, home: Some(self.0.join("home")) }
+        Env { root: self.0.clone(), pg_config: None, cache: None, home: Some(self.0.join("home")), runner: None }
     }
 
     /// A fake install of `version` at `rel` (below the root), without the tools in `skip`.
@@ -125,4 +125,18 @@ fn or_newer_prefers_the_source_major_else_the_newest_above_it() {
     assert!(err.contains("PostgreSQL 19 binaries here, or a newer major"), "{err}");
     // Exact lookups never take another major.
     assert!(locate(&root.env(), None, 16, false).is_err());
+}
+
+#[test]
+fn binaries_the_postgres_user_cannot_reach_are_reported_not_used() {
+    let root = Root::new();
+    let home = root.install("home/.cache/pgbranch/postgresql/17/bin", "17.11", &[]);
+    std::fs::set_permissions(root.0.join("home"), std::fs::Permissions::from_mode(0o700)).unwrap();
+    // postgres runs as another user (uid and gid nobody owns here).
+    let env = Env { runner: Some((54321, 54321)), ..root.env() };
+    let text = locate(&env, None, 17, false).unwrap_err().to_string();
+    assert!(text.contains("PostgreSQL 17.11, but the postgres OS user cannot reach it"), "{text}");
+    assert!(text.contains(&format!("{} is closed to it", std::fs::canonicalize(root.0.join("home")).unwrap().display())), "{text}");
+    std::fs::set_permissions(root.0.join("home"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    assert_eq!(locate(&env, None, 17, false).unwrap().dir, home);
 }
