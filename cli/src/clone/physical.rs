@@ -23,6 +23,9 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
     let source = Source::parse(source_url)?;
     let info = source.check_physical(slot)?;
     let bin = PgBin::for_major(pg_bin, info.major)?;
+    if !quiet {
+        eprintln!("main: PostgreSQL {} like the source ({})", info.version, bin.0.display());
+    }
     let owner = Owner::for_branches()?;
     let (settings, tablespaces) = {
         let mut c = source.connect()?;
