@@ -4,8 +4,10 @@
 //! kill -9 of the daemon while the branch's postgres holds unflushed work, after which
 //! the restarted daemon brings the branch back through crash recovery with every
 //! committed row; and the masked follower with the seed's transform config. On 18,
-//! main and the branch run with io_method=worker, and again with io_uring where this
-//! build and kernel allow it (checked with a throwaway server; a skip says why).
+//! main and the branch run with io_method=worker, and again with io_uring: with these
+//! binaries if they have liburing, else with the liburing build that
+//! scripts/build-postgres-io-uring makes; skipped (saying why) only when the kernel
+//! refuses io_uring.
 //!
 //! Binaries come from `PgBin::for_major`, as `pgbranch` finds them; 14, 16, 17 and 18
 //! from `scripts/install-postgres` (which `scripts/install-test-deps` runs). A missing
@@ -57,13 +59,17 @@ fn check_major(major: u32) {
     let (bin, _) = pg_env_for(major);
     eprintln!("PostgreSQL {major}: binaries in {}", bin.0.display());
     if major >= 18 {
-        physical(major, &bin, "worker");
-        match io_uring_support(&bin) {
-            Ok(()) => physical(major, &bin, "io_uring"),
+        physical(major, &bin, "worker", false);
+        match io_uring_build(&bin) {
+            Ok(uring) => {
+                eprintln!("PostgreSQL {major}: io_method=io_uring with the binaries in {}", uring.0.display());
+                let other_build = uring.0 != bin.0;
+                physical(major, &uring, "io_uring", other_build);
+            }
             Err(why) => eprintln!("PostgreSQL {major}: io_method=io_uring SKIPPED: {why}"),
         }
     } else {
-        physical(major, &bin, "");
+        physical(major, &bin, "", false);
     }
     masked(major, &bin);
     if major == 14 {
@@ -74,7 +80,9 @@ fn check_major(major: u32) {
 
 /// Physical follower, branch under load, daemon crash. `io_method` (18+) is set on the
 /// source, whose configuration main and the branch inherit.
-fn physical(major: u32, bin: &PgBin, io_method: &str) {
+/// `pass_bin`: give `clone stream` these binaries with `--pg-bin` (another build of the
+/// major than the one it would find).
+fn physical(major: u32, bin: &PgBin, io_method: &str, pass_bin: bool) {
     let t = Instant::now();
     let tag = format!("v{major}{io_method}");
     let mut settings = vec!["max_wal_senders = 10".to_string()];
@@ -89,7 +97,12 @@ fn physical(major: u32, bin: &PgBin, io_method: &str) {
 
     // The initial copy and the standby, while pgbench writes on the source.
     let store = TestStore::new(&tag);
-    let main_url = last_line(&store.ok(&["clone", "stream", "--source-url", &source.url()]));
+    let (url, bin_dir) = (source.url(), bin.0.display().to_string());
+    let mut args = vec!["clone", "stream", "--source-url", url.as_str()];
+    if pass_bin {
+        args.extend(["--pg-bin", bin_dir.as_str()]);
+    }
+    let main_url = last_line(&store.ok(&args));
     assert_eq!(server_major(bin, &main_url), major, "main runs the source's major");
     wait_running(&store, "main", Duration::from_secs(60));
     // main receives WAL (its walreceiver connects with these binaries' libpq).
@@ -159,6 +172,32 @@ fn physical(major: u32, bin: &PgBin, io_method: &str) {
     drop(load);
     eprintln!("PostgreSQL {major}{io_method}: daemon kill -9, branch recovered ({})", elapsed(t));
     drop(store);
+}
+
+/// Binaries of 18 that run with io_method=io_uring: `bin` if it was built with liburing,
+/// else the liburing build `scripts/build-postgres-io-uring` makes (the PyPI build has
+/// none). Err (a skip, with the reason) only when the kernel refuses io_uring; a kernel
+/// that allows it without such binaries fails the test with the install hint.
+fn io_uring_build(bin: &PgBin) -> Result<PgBin, String> {
+    let first = match io_uring_support(bin) {
+        Ok(()) => return Ok(bin.clone()),
+        Err(why) => why,
+    };
+    if kernel_io_uring().is_err() {
+        return Err(first);
+    }
+    let cache = std::env::var_os("PGBRANCH_PG_CACHE").map_or_else(|| "/var/cache/pgbranch/postgresql".into(), std::path::PathBuf::from);
+    let uring = PgBin(cache.join("18-io_uring").join("bin"));
+    assert!(
+        uring.tool("postgres").exists(),
+        "the kernel allows io_uring but {} was built without liburing ({first}), and there is no liburing build in {}: run scripts/build-postgres-io-uring (scripts/test does)",
+        bin.0.display(),
+        uring.0.display()
+    );
+    if let Err(why) = io_uring_support(&uring) {
+        panic!("the liburing build in {} refused io_method=io_uring: {why}", uring.0.display());
+    }
+    Ok(uring)
 }
 
 /// Whether postgres of `bin` starts with io_method=io_uring here: Err says why not (the
