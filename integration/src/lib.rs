@@ -434,16 +434,7 @@ impl Drop for SourceDb {
 
 /// psql with a URL, as root (or any user): the way a developer uses a branch URL.
 pub fn psql_url(url: &str, sql: &str) -> Result<String, String> {
-    let (bin, _) = pg_env();
-    let out = Command::new(bin.tool("psql"))
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", url, "-c", sql])
-        .output()
-        .map_err(|e| e.to_string())?;
-    if out.status.success() {
-        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
-    } else {
-        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
-    }
+    psql_url_with(&pg_env().0, url, sql)
 }
 
 /// Incompressible pseudo-random bytes (xorshift), reproducible from `seed`.

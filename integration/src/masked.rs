@@ -10,9 +10,32 @@ use pgbranch_replicator::transform::{TransformConfig, Value};
 
 use crate::{SourceDb, TestStore};
 
+const LOGICAL_SETTINGS: [&str; 3] = ["wal_level = logical", "max_wal_senders = 10", "max_replication_slots = 10"];
+
 /// A source with `wal_level = logical`.
 pub fn logical_source(tag: &str) -> SourceDb {
-    SourceDb::start(tag, &["wal_level = logical", "max_wal_senders = 10", "max_replication_slots = 10"])
+    SourceDb::start(tag, &LOGICAL_SETTINGS)
+}
+
+/// A source with `wal_level = logical` running the binaries `bin`.
+pub fn logical_source_with(tag: &str, bin: &crate::PgBin) -> SourceDb {
+    let settings = LOGICAL_SETTINGS.map(String::from).to_vec();
+    SourceDb::start_with(tag, crate::SourceOptions { bin: Some(bin.clone()), settings, ..Default::default() })
+}
+
+/// The seed transform config's `users` table on `source`, with `n` people
+/// (`personN@acme-corp.io`, `FirstN Last`, `N Real Street, Boston`).
+pub fn seed_users(source: &SourceDb, n: u32) {
+    source
+        .server
+        .psql(
+            "postgres",
+            &format!(
+                "CREATE TABLE users (email text PRIMARY KEY, full_name text NOT NULL, address text); \
+                 INSERT INTO users SELECT 'person' || g || '@acme-corp.io', 'First' || g || ' Last', g || ' Real Street, Boston' FROM generate_series(1, {n}) g"
+            ),
+        )
+        .expect("creating the seed's users table on the source");
 }
 
 impl SourceDb {

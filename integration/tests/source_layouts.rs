@@ -200,17 +200,10 @@ const SEED: &str = include_str!("../../replicator/tests/fixtures/seed-transform.
 
 #[test]
 fn a_masked_follower_needs_only_replication_select_and_a_publication() {
-    use pgbranch_integration::masked::{logical_source, wait_until, write_config};
+    use pgbranch_integration::masked::{logical_source, seed_users, wait_until, write_config};
     let source = logical_source("masked-role");
-    source
-        .server
-        .psql(
-            "postgres",
-            "CREATE TABLE users (email text PRIMARY KEY, full_name text NOT NULL, address text); \
-             INSERT INTO users SELECT 'person' || g || '@acme-corp.io', 'First' || g || ' Last', g || ' Real Street' FROM generate_series(1, 200) g; \
-             CREATE ROLE masker LOGIN REPLICATION PASSWORD 'mask-me'",
-        )
-        .unwrap();
+    seed_users(&source, 200);
+    source.server.psql("postgres", "CREATE ROLE masker LOGIN REPLICATION PASSWORD 'mask-me'").unwrap();
     let url = source.url_as("masker", "mask-me");
     let store = TestStore::new("masked-role");
     let config = write_config(&store.dir.with_extension("configs"), "seed.yaml", SEED);

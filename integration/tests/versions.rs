@@ -15,7 +15,7 @@
 
 use std::time::{Duration, Instant};
 
-use pgbranch_integration::masked::{wait_until, write_config};
+use pgbranch_integration::masked::{logical_source_with, seed_users, wait_until, write_config};
 use pgbranch_integration::*;
 
 /// The seed's transform file, verbatim (it covers every column of `users`).
@@ -248,16 +248,8 @@ fn kernel_io_uring() -> Result<(), std::io::Error> {
 /// same major (found here), and says so.
 fn masked(major: u32, bin: &PgBin) {
     let t = Instant::now();
-    let settings = ["wal_level = logical", "max_wal_senders = 10", "max_replication_slots = 10"].map(String::from).to_vec();
-    let source = SourceDb::start_with(&format!("m{major}"), SourceOptions { bin: Some(bin.clone()), settings, ..Default::default() });
-    source
-        .server
-        .psql(
-            "postgres",
-            "CREATE TABLE users (email text PRIMARY KEY, full_name text NOT NULL, address text);
-             INSERT INTO users SELECT 'person' || g || '@acme-corp.io', 'First' || g || ' Last', g || ' Real Street, Boston' FROM generate_series(1, 500) g;",
-        )
-        .unwrap();
+    let source = logical_source_with(&format!("m{major}"), bin);
+    seed_users(&source, 500);
     // Declared before the store: dropped after it, on panic too.
     let configs = TempDir(std::env::temp_dir().join(format!("pgbranch-versions-configs-{major}-{}", std::process::id())));
     let store = TestStore::new(&format!("m{major}"));
@@ -300,16 +292,8 @@ fn masked(major: u32, bin: &PgBin) {
 fn masked_on_a_newer_major(bin14: &PgBin) {
     let t = Instant::now();
     let (bin16, bin18) = (pg_env_for(16).0, pg_env_for(18).0);
-    let settings = ["wal_level = logical", "max_wal_senders = 10", "max_replication_slots = 10"].map(String::from).to_vec();
-    let source = SourceDb::start_with("m14up", SourceOptions { bin: Some(bin14.clone()), settings, ..Default::default() });
-    source
-        .server
-        .psql(
-            "postgres",
-            "CREATE TABLE users (email text PRIMARY KEY, full_name text NOT NULL, address text);
-             INSERT INTO users SELECT 'person' || g || '@acme-corp.io', 'First' || g || ' Last', g || ' Street' FROM generate_series(1, 100) g;",
-        )
-        .unwrap();
+    let source = logical_source_with("m14up", bin14);
+    seed_users(&source, 100);
     // Declared before the store: dropped after it (its servers run from the cache), on panic too.
     let cache = TempDir(std::env::temp_dir().join(format!("pgbranch-versions-pgcache-{}", std::process::id())));
     let configs = TempDir(std::env::temp_dir().join(format!("pgbranch-versions-configs-14up-{}", std::process::id())));
