@@ -93,6 +93,14 @@ fn packaged_layout_with_raised_settings_follows_and_catches_up_after_a_raise() {
     // A branch cut after the raise starts with the raised limits.
     store.ok(&["branch", "create", "after"]);
     assert_eq!(show(&store.branch_server("after"), "max_connections"), "180");
+    // A cut whose configuration predates the raise (taken between the source's raise and
+    // main's) still starts: its limits are raised to what its control file records.
+    store.ok(&["branch", "create", "early", "--no-start"]);
+    let conf = store.path("early").join("postgresql.conf");
+    let text = std::fs::read_to_string(&conf).unwrap().replace("max_connections = 180", "max_connections = 150");
+    std::fs::write(&conf, text).unwrap();
+    store.ok(&["branch", "start", "early"]);
+    assert_eq!(show(&store.branch_server("early"), "max_connections"), "180");
 }
 
 /// Every file below `dir`, with its size and modification time.

@@ -333,6 +333,34 @@ pub fn set_minimum(data: &Path, owner: &Owner, name: &str, value: i64) -> Result
     std::fs::rename(&tmp, &path).map_err(io("replacing", &path))
 }
 
+/// PostgreSQL's defaults of the hot-standby settings (what a file without them gets).
+fn default_of(name: &str) -> i64 {
+    match name {
+        "max_connections" => 100,
+        "max_worker_processes" => 8,
+        "max_wal_senders" => 10,
+        "max_locks_per_transaction" => 64,
+        _ => 0,
+    }
+}
+
+/// Raises the hot-standby settings in a copy's postgresql.conf to what its control file
+/// records, so that the copy can start recovery (a cut of main taken while the source
+/// had just raised one). Returns what was raised: (name, from, to).
+pub fn raise_to_controldata(bin: &PgBin, owner: &Owner, data: &Path) -> Result<Vec<(String, i64, i64)>, ConfError> {
+    let recorded = from_controldata(bin, owner, data)?;
+    let have = read_minimums(data);
+    let mut raised = Vec::new();
+    for (name, to) in recorded.0 {
+        let from = have.get(&name).unwrap_or_else(|| default_of(&name));
+        if from < to {
+            set_minimum(data, owner, &name, to)?;
+            raised.push((name, from, to));
+        }
+    }
+    Ok(raised)
+}
+
 /// A hot-standby setting too low for the primary's WAL, as the server logged it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Insufficient {

@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use pgbranch_fs::catalog::Kind;
 use pgbranch_replicator::follower;
 use pgbranch_replicator::pg::{self, PgBin};
+use pgbranch_replicator::pgconf;
 use pgbranch_replicator::source::Source;
 use serde_json::{json, Value};
 
@@ -115,12 +116,20 @@ impl Daemon {
             let spec = new_spec(&user, &dbname, &bin, false)?;
             self.servers.state.lock().servers.insert(name.to_string(), spec);
         }
+        if path.join("standby.signal").exists() {
+            // A cut of a standby starts in recovery, which needs the hot-standby limits
+            // at least as high as its control file records.
+            let spec = self.servers.spec(name).with_context(|| format!("branch {name} has no server configured"))?;
+            for (setting, from, to) in pgconf::raise_to_controldata(&PgBin(spec.pg_bin), &self.servers.owner, &path)? {
+                tracing::info!("branch {name}: raised {setting} from {from} to {to}, as its control file records");
+            }
+        }
         self.servers.start(name, &path)?;
-        let server = self.servers.server(name).unwrap();
+        let server = self.servers.server(name).context("the branch's server is not running after its start")?;
         if path.join("standby.signal").exists() {
             server.promote().with_context(|| format!("promoting branch {name}"))?;
         }
-        let spec = self.servers.spec(name).unwrap();
+        let spec = self.servers.spec(name).with_context(|| format!("branch {name} has no server configured"))?;
         if let Some(password) = &spec.password {
             // As the bootstrap superuser: a role without it cannot change its own
             // password when it has REPLICATION (a physical follower's role may).

@@ -194,7 +194,9 @@ impl Servers {
             .with_context(|| format!("starting postgres on branch {name}"))?;
         {
             let mut st = self.state.lock();
-            let s = st.servers.get_mut(name).unwrap();
+            // Forgotten while it started (a delete): record nothing; dropping the
+            // server stops it.
+            let Some(s) = st.servers.get_mut(name) else { bail!("branch {name} was deleted while its server started") };
             s.pid = server.pid;
             s.running = true;
         }
