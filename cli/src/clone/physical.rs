@@ -58,22 +58,24 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
         bar.set_position(p.done_bytes);
     })
     .map_err(anyhow::Error::from)
-    .and_then(|()| configure_main(&bin, &owner, &path, settings, &tablespaces, quiet));
+    .and_then(|()| {
+        bar.finish_and_clear();
+        if !quiet {
+            let secs = t.elapsed().as_secs_f64();
+            eprintln!(
+                "copied {} in {secs:.1}s ({}/s)",
+                crate::output::bytes(total),
+                crate::output::bytes((total as f64 / secs.max(0.001)) as u64)
+            );
+        }
+        configure_main(&bin, &owner, &path, settings, &tablespaces, quiet)
+    });
     if let Err(e) = copied {
         bar.abandon();
         // Leave neither a slot on the source nor a half-made main.
         let _ = source.drop_slot(slot);
         let _ = client::call(layout, &Request::Delete { name: MAIN.into(), snapshot: false });
         return Err(e.context("initial copy of the source failed; nothing was left behind"));
-    }
-    bar.finish_and_clear();
-    if !quiet {
-        let secs = t.elapsed().as_secs_f64();
-        eprintln!(
-            "copied {} in {secs:.1}s ({}/s)",
-            crate::output::bytes(total),
-            crate::output::bytes((total as f64 / secs.max(0.001)) as u64)
-        );
     }
     let started = client::call(
         layout,
