@@ -406,3 +406,28 @@ fn wrong_ca_wrong_host_and_plaintext_are_refused_before_anything_is_made() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn masked_follower_with_a_client_certificate() {
+    let certs = Certs::make("masked-cert");
+    let source = certs.source("tls-masked-cert", "cert", &LOGICAL);
+    source.server.psql("postgres", USERS).unwrap();
+    let store = TestStore::new("tls-masked-cert");
+    let config = write_config(&store.dir.with_extension("configs"), "seed.yaml", SEED);
+    let with_cert = format!("{}&sslcert={}&sslkey={}", verify_full(&certs), certs.client_cert.display(), certs.client_key.display());
+    // pg_dump, pg_dumpall, the copy and the stream all log in with the certificate.
+    let main = last_line(&store.ok(&[
+        "clone",
+        "stream",
+        "--source-url",
+        &url(&source, "localhost", false, &with_cert),
+        "--config",
+        config.to_str().unwrap(),
+    ]));
+    assert_eq!(psql_url(&main, "SELECT count(*) FROM users WHERE email LIKE 'person%'").unwrap(), "0", "raw emails on main");
+    assert_eq!(psql_url(&main, "SELECT count(*) FROM users").unwrap(), "200");
+    source.server.psql("postgres", "INSERT INTO users VALUES ('newcomer@acme-corp.io', 'New Comer', '1 Real Street')").unwrap();
+    let arrived = wait_until(Duration::from_secs(120), || psql_url(&main, "SELECT count(*) FROM users").as_deref() == Ok("201"));
+    assert!(arrived, "a row inserted on the source did not reach main");
+    only_tls_sessions(&source);
+}
