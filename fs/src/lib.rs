@@ -4,7 +4,8 @@
 //! objects live), [`node`] (the Merkle tree formats), [`filemap`] and [`tree`] (a
 //! branch's live state), [`op`] and [`intent_log`] (durability between commits),
 //! [`branch`] and [`catalog`] (branches and their heads), [`repo`] (the whole store:
-//! create, snapshot, GC, verify, usage) and [`fuse`] (the kernel-facing filesystem).
+//! create, snapshot, GC, verify, usage), [`gc`] (GC's plan and its execution) and
+//! [`fuse`] (the kernel-facing filesystem).
 //! Nothing here knows about postgres.
 
 pub mod block;
@@ -13,6 +14,7 @@ pub mod catalog;
 pub mod commit_signal;
 pub mod filemap;
 pub mod fuse;
+pub mod gc;
 pub mod intent_log;
 pub mod node;
 pub mod op;

@@ -9,13 +9,14 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockWriteGuard};
 use serde::Serialize;
 
 use crate::block::{Hash, BLOCK_SIZE};
 use crate::branch::{Branch, BranchError};
 use crate::catalog::{BranchRecord, Catalog, CatalogError, Kind};
-use crate::store::{LocalStore, ObjectStore, StoreError, SweepStats};
+use crate::gc::{self, GcPlan, GcReport};
+use crate::store::{LocalStore, ObjectStore, StoreError};
 use crate::tree::Tree;
 use crate::walk;
 
@@ -55,6 +56,18 @@ pub fn validate_name(name: &str) -> Result<(), RepoError> {
         return bad("names use only letters, digits, '-', '_' and '.'");
     }
     Ok(())
+}
+
+/// A GC plan and the lock that keeps commits out until it is executed or dropped.
+pub struct PlannedGc<'a> {
+    plan: GcPlan,
+    _exclusive: RwLockWriteGuard<'a, ()>,
+}
+
+impl PlannedGc<'_> {
+    pub fn plan(&self) -> &GcPlan {
+        &self.plan
+    }
 }
 
 pub struct Repository {
@@ -182,6 +195,8 @@ impl Repository {
     /// A new branch holding an empty root directory owned by `uid:gid`, mode 0700.
     pub fn create_empty(&self, name: &str, uid: u32, gid: u32) -> Result<Arc<Branch>, RepoError> {
         self.check_new_name(name)?;
+        // Until the catalog names the new root, GC would see its objects as dead.
+        let _no_gc = self.gc_lock.read();
         let mut tree = Tree::empty(self.store.clone(), 0o700, uid, gid);
         let root = tree.commit()?;
         self.store.flush()?;
@@ -192,13 +207,21 @@ impl Repository {
     pub fn create_from(&self, name: &str, source: &str, kind: Kind) -> Result<Arc<Branch>, RepoError> {
         self.check_new_name(name)?;
         let src = self.get(source)?;
-        let root = self.commit_branch(&src)?;
+        // Held until the catalog names the new head: a later commit of the source would
+        // otherwise leave `root` unnamed, and a GC in between would free what it holds.
+        let _no_gc = self.gc_lock.read();
+        let root = self.commit_locked(&src)?;
         self.add(name, kind, root, Some(source.to_string()))
     }
 
     /// Commits one branch and records its new head.
     pub fn commit_branch(&self, branch: &Branch) -> Result<Hash, RepoError> {
         let _no_gc = self.gc_lock.read();
+        self.commit_locked(branch)
+    }
+
+    /// [`Repository::commit_branch`] for a caller that holds the GC lock for reading.
+    fn commit_locked(&self, branch: &Branch) -> Result<Hash, RepoError> {
         Ok(branch.commit(self.store.as_ref(), |c| {
             let mut rec = self.catalog.get(&branch.name).map_err(|e| e.to_string())?.ok_or("branch was deleted")?;
             rec.root = c.root;
@@ -225,10 +248,18 @@ impl Repository {
         Ok(())
     }
 
-    /// Deletes every object no branch or snapshot reaches.
-    pub fn gc(&self) -> Result<SweepStats, RepoError> {
+    /// Deletes every object no branch or snapshot reaches: [`Repository::plan_gc`], then
+    /// [`Repository::execute_gc`].
+    pub fn gc(&self) -> Result<GcReport, RepoError> {
+        let planned = self.plan_gc()?;
+        self.execute_gc(planned)
+    }
+
+    /// Commits every branch, takes the GC lock (commits wait until the plan is executed
+    /// or dropped), marks from every head and plans the sweep. Deletes nothing.
+    pub fn plan_gc(&self) -> Result<PlannedGc<'_>, RepoError> {
         self.commit_all()?;
-        let _exclusive = self.gc_lock.write();
+        let exclusive = self.gc_lock.write();
         let mut live = HashSet::new();
         let mut maps_seen = HashSet::new();
         for rec in self.catalog.list()? {
@@ -246,7 +277,14 @@ impl Repository {
             }
             maps_seen.extend(listing.nodes);
         }
-        Ok(self.store.sweep(&live)?)
+        let plan = gc::plan(self.store.as_ref(), &live)?;
+        Ok(PlannedGc { plan, _exclusive: exclusive })
+    }
+
+    /// Carries out a plan from [`Repository::plan_gc`], still under its lock.
+    pub fn execute_gc(&self, planned: PlannedGc<'_>) -> Result<GcReport, RepoError> {
+        let PlannedGc { plan, _exclusive } = planned;
+        Ok(gc::execute(self.store.as_ref(), plan)?)
     }
 
     /// Per-branch logical, unique and shared bytes, and the store's ratios.

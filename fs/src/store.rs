@@ -15,6 +15,7 @@ use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
 
 use crate::block::{self, DecodeError, Hash};
+use crate::gc::{self, GcReport, GcStore};
 use crate::pack::{self, ActivePack, Location};
 
 const OBJECTS: TableDefinition<[u8; 32], (u32, u64, u32)> = TableDefinition::new("objects");
@@ -43,14 +44,8 @@ impl StoreError {
     }
 }
 
-/// What GC did.
-#[derive(Debug, Default, Clone, serde::Serialize)]
-pub struct SweepStats {
-    pub objects_removed: u64,
-    pub packs_rewritten: u64,
-    pub bytes_before: u64,
-    pub bytes_after: u64,
-}
+/// What GC did (the name `pgbranch gc`'s report had before [`GcReport`]).
+pub type SweepStats = GcReport;
 
 /// The interface between the filesystem and wherever objects live.
 pub trait ObjectStore: Send + Sync {
@@ -66,7 +61,9 @@ pub trait ObjectStore: Send + Sync {
     fn physical_bytes(&self) -> Result<u64, StoreError>;
     /// Number of objects in the store.
     fn object_count(&self) -> Result<u64, StoreError>;
-    /// Deletes every object not in `live` and reclaims its space.
+    /// Deletes every object not in `live` and reclaims its space. For a [`GcStore`] this
+    /// is [`gc::plan`] then [`gc::execute`]; `Repository::gc` calls those itself, under
+    /// its lock.
     fn sweep(&self, live: &HashSet<Hash>) -> Result<SweepStats, StoreError>;
     /// Every object's hash, for verification.
     fn all_objects(&self) -> Result<Vec<Hash>, StoreError>;
@@ -75,6 +72,7 @@ pub trait ObjectStore: Send + Sync {
 /// Pack files plus a redb index, in one local directory.
 pub struct LocalStore {
     dir: PathBuf,
+    index_path: PathBuf,
     /// Write-locked only by GC, to compact the file after removing entries.
     index: RwLock<Database>,
     active: Mutex<ActivePack>,
@@ -104,6 +102,7 @@ impl LocalStore {
         let active = ActivePack::open(&packs_dir, last + 1)?;
         Ok(LocalStore {
             dir: packs_dir,
+            index_path: dir.join("index.redb"),
             index: RwLock::new(index),
             active: Mutex::new(active),
             pending: RwLock::new(HashMap::new()),
@@ -212,7 +211,7 @@ impl ObjectStore for LocalStore {
     }
 
     fn physical_bytes(&self) -> Result<u64, StoreError> {
-        let mut total = std::fs::metadata(self.dir.parent().unwrap().join("index.redb"))?.len();
+        let mut total = std::fs::metadata(&self.index_path)?.len();
         for p in pack::list_packs(&self.dir)? {
             total += std::fs::metadata(pack::pack_path(&self.dir, p))?.len();
         }
@@ -238,54 +237,72 @@ impl ObjectStore for LocalStore {
     }
 
     fn sweep(&self, live: &HashSet<Hash>) -> Result<SweepStats, StoreError> {
+        let plan = gc::plan(self, live)?;
+        gc::execute(self, plan)
+    }
+}
+
+impl GcStore for LocalStore {
+    fn seal(&self) -> Result<u32, StoreError> {
         self.flush()?;
-        let mut stats = SweepStats { bytes_before: self.physical_bytes()?, ..Default::default() };
-        // Seal the active pack so every existing pack is immutable while we work.
         let mut active = self.active.lock();
         let next = active.number + 1;
         *active = ActivePack::open(&self.dir, next)?;
+        Ok(next)
+    }
+
+    fn pack_numbers(&self) -> Result<Vec<u32>, StoreError> {
+        Ok(pack::list_packs(&self.dir)?)
+    }
+
+    fn pack_size(&self, pack_no: u32) -> Result<u64, StoreError> {
+        Ok(std::fs::metadata(pack::pack_path(&self.dir, pack_no))?.len())
+    }
+
+    fn pack_records(&self, pack_no: u32) -> Result<Vec<(Hash, Location)>, StoreError> {
+        Ok(pack::scan(&self.dir, pack_no)?)
+    }
+
+    fn for_each_index_entry(
+        &self,
+        f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError> {
         // Stream the index rather than load it: a large store has millions of entries.
-        let dead: Vec<Hash> = {
-            let txn = self.index.read().begin_read().map_err(StoreError::index)?;
-            let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
-            let mut dead = Vec::new();
-            for item in table.iter().map_err(StoreError::index)? {
-                let (k, _) = item.map_err(StoreError::index)?;
-                let h = Hash(k.value());
-                if !live.contains(&h) {
-                    dead.push(h);
-                }
-            }
-            dead
-        };
-        stats.objects_removed = dead.len() as u64;
-        for pack_no in pack::list_packs(&self.dir)? {
-            if pack_no == active.number {
-                continue;
-            }
-            let records = pack::scan(&self.dir, pack_no)?;
-            let size = std::fs::metadata(pack::pack_path(&self.dir, pack_no))?.len();
-            // A record is live only if it is the indexed copy of a live object.
-            let live_records: Vec<(Hash, Location)> = records
-                .into_iter()
-                .filter(|(h, loc)| live.contains(h) && self.locate(h).ok().flatten().as_ref() == Some(loc))
-                .collect();
-            let live_bytes: u64 = live_records.iter().map(|(_, l)| l.len as u64 + pack::RECORD_HEADER).sum();
-            if live_bytes * 100 >= size * 97 {
-                continue;
-            }
-            let mut moved = Vec::with_capacity(live_records.len());
-            for (h, loc) in &live_records {
-                let payload = self.read_payload(*loc)?;
-                moved.push((*h, active.append(h, &payload)?));
-            }
-            active.sync()?;
-            self.index_pending(&moved, &[])?;
-            self.readers.write().remove(&pack_no);
-            std::fs::remove_file(pack::pack_path(&self.dir, pack_no))?;
-            stats.packs_rewritten += 1;
+        let txn = self.index.read().begin_read().map_err(StoreError::index)?;
+        let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
+        for item in table.iter().map_err(StoreError::index)? {
+            let (k, v) = item.map_err(StoreError::index)?;
+            let (pack, offset, len) = v.value();
+            f(Hash(k.value()), Location { pack, offset, len })?;
         }
-        self.index_pending(&[], &dead)?;
+        Ok(())
+    }
+
+    fn copy_records(&self, records: &[(Hash, Location)]) -> Result<Vec<(Hash, Location)>, StoreError> {
+        let mut active = self.active.lock();
+        let mut moved = Vec::with_capacity(records.len());
+        for (h, loc) in records {
+            let payload = self.read_payload(*loc)?;
+            moved.push((*h, active.append(h, &payload)?));
+        }
+        active.sync()?;
+        Ok(moved)
+    }
+
+    fn update_index(&self, insert: &[(Hash, Location)], remove: &[Hash]) -> Result<(), StoreError> {
+        self.index_pending(insert, remove)
+    }
+
+    fn remove_pack(&self, pack_no: u32) -> Result<(), StoreError> {
+        if pack_no >= self.active.lock().number {
+            return Err(StoreError::Index(format!("gc may not remove pack {pack_no}: it is not sealed")));
+        }
+        self.readers.write().remove(&pack_no);
+        std::fs::remove_file(pack::pack_path(&self.dir, pack_no))?;
+        Ok(())
+    }
+
+    fn finish_gc(&self) -> Result<(), StoreError> {
         std::fs::File::open(&self.dir)?.sync_all()?;
         // redb keeps freed pages for reuse; compaction returns them to the file system.
         // A read that began before we took the lock makes compaction wait its turn.
@@ -296,8 +313,6 @@ impl ObjectStore for LocalStore {
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
             }
         }
-        drop(active);
-        stats.bytes_after = self.physical_bytes()?;
-        Ok(stats)
+        Ok(())
     }
 }

@@ -1,0 +1,233 @@
+//! Garbage collection as a plan, then its execution (as rustic_core's prune builds a
+//! `PrunePlan` and then runs it).
+//!
+//! [`plan`] only reads: it streams the index once, scans the packs, and decides which
+//! packs to rewrite or delete and which index entries to drop. Any error while planning
+//! aborts GC with nothing deleted; a failed read is never taken to mean "not live".
+//! [`execute`] then carries the plan out, one pack at a time, in the order that keeps
+//! the store consistent after a crash at any point:
+//!
+//! 1. the pack's live records are appended to the active pack, which is fsynced;
+//! 2. one index transaction points those objects at their new copies and drops the
+//!    pack's dead entries, so the index never names a record in a removed pack;
+//! 3. the old pack file is removed.
+//!
+//! Dead entries in packs that are kept are dropped at the end, then the packs directory
+//! is fsynced and the index compacted. The caller (`Repository::gc`) holds the GC lock
+//! from before marking until after execution, so no commit lands between plan and
+//! execute: a commit could otherwise skip storing a block whose dead copy is indexed
+//! (puts deduplicate by index lookup) just before that copy is removed.
+
+use std::collections::{HashMap, HashSet};
+
+use crate::block::Hash;
+use crate::pack::{Location, RECORD_HEADER};
+use crate::store::{ObjectStore, StoreError};
+
+/// Keep a pack whose live records fill at least this percentage of it.
+const KEEP_PACK_LIVE_PERCENT: u64 = 97;
+
+/// What GC did; `pgbranch gc` prints it.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct GcReport {
+    pub objects_removed: u64,
+    pub packs_rewritten: u64,
+    pub bytes_before: u64,
+    pub bytes_after: u64,
+}
+
+/// The pack-level operations GC plans and executes with, on top of [`ObjectStore`].
+pub trait GcStore: ObjectStore {
+    /// Makes every put durable and indexed and starts a new active pack; returns its
+    /// number. Packs numbered below it are immutable from then on.
+    fn seal(&self) -> Result<u32, StoreError>;
+    /// Pack numbers present, ascending.
+    fn pack_numbers(&self) -> Result<Vec<u32>, StoreError>;
+    /// Size of a pack file in bytes.
+    fn pack_size(&self, pack: u32) -> Result<u64, StoreError>;
+    /// Every record of a pack, read from the pack itself.
+    fn pack_records(&self, pack: u32) -> Result<Vec<(Hash, Location)>, StoreError>;
+    /// Calls `f` for every index entry, from one consistent read of the index.
+    fn for_each_index_entry(
+        &self,
+        f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>,
+    ) -> Result<(), StoreError>;
+    /// Appends copies of these records to the active pack and fsyncs it; returns the
+    /// new locations, in order.
+    fn copy_records(
+        &self,
+        records: &[(Hash, Location)],
+    ) -> Result<Vec<(Hash, Location)>, StoreError>;
+    /// One durable index transaction: insert (or re-point) `insert`, remove `remove`.
+    fn update_index(&self, insert: &[(Hash, Location)], remove: &[Hash]) -> Result<(), StoreError>;
+    /// Removes a pack file (whose records the index no longer names).
+    fn remove_pack(&self, pack: u32) -> Result<(), StoreError>;
+    /// Makes pack removals durable and returns the index's free space to the file system.
+    fn finish_gc(&self) -> Result<(), StoreError>;
+}
+
+/// What to do with one pack.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PackAction {
+    /// Copy `live` into the active pack, drop `dead` from the index, remove the pack.
+    Rewrite {
+        pack: u32,
+        size: u64,
+        live: Vec<(Hash, Location)>,
+        dead: Vec<Hash>,
+    },
+    /// Nothing in the pack is live: drop `dead` from the index, remove the pack.
+    Delete {
+        pack: u32,
+        size: u64,
+        dead: Vec<Hash>,
+    },
+}
+
+impl PackAction {
+    pub fn pack(&self) -> u32 {
+        match self {
+            PackAction::Rewrite { pack, .. } | PackAction::Delete { pack, .. } => *pack,
+        }
+    }
+}
+
+/// Everything GC will do, decided before anything is deleted.
+#[derive(Debug, Clone, Default)]
+pub struct GcPlan {
+    /// Objects marked live (reachable from a branch or snapshot head).
+    pub live_objects: u64,
+    /// Live objects the index does not hold (damage GC cannot make worse).
+    pub live_missing: u64,
+    /// The active pack at planning time; it and later packs are left alone.
+    pub active_pack: u32,
+    /// Packs to rewrite or delete, ascending.
+    pub packs: Vec<PackAction>,
+    /// Index entries of dead objects in packs that are kept.
+    pub drop_entries: Vec<Hash>,
+    /// Index entries dropped in all: the objects GC removes.
+    pub objects_removed: u64,
+    /// Bytes the store occupied when planned.
+    pub bytes_before: u64,
+    /// Bytes of the packs that will be rewritten or deleted.
+    pub pack_bytes_freed: u64,
+    /// Bytes copied into the active pack by rewrites.
+    pub bytes_copied: u64,
+}
+
+impl GcPlan {
+    /// Pack bytes expected after execution (index compaction not counted).
+    pub fn estimated_bytes_after(&self) -> u64 {
+        (self.bytes_before + self.bytes_copied).saturating_sub(self.pack_bytes_freed)
+    }
+
+    /// Whether the plan would remove this record (a copy in a pack it rewrites or deletes).
+    pub fn removes_pack(&self, pack: u32) -> bool {
+        self.packs.iter().any(|a| a.pack() == pack)
+    }
+}
+
+/// Decides what GC will do, given every object reachable from a head. Reads only; any
+/// error aborts with nothing deleted.
+pub fn plan(store: &dyn GcStore, live: &HashSet<Hash>) -> Result<GcPlan, StoreError> {
+    let active_pack = store.seal()?;
+    let bytes_before = store.physical_bytes()?;
+    // The indexed location of each live object, and every dead entry by pack.
+    let mut live_at: HashMap<Hash, Location> = HashMap::with_capacity(live.len());
+    let mut dead_by_pack: HashMap<u32, Vec<Hash>> = HashMap::new();
+    let mut objects_removed = 0u64;
+    store.for_each_index_entry(&mut |h, loc| {
+        if live.contains(&h) {
+            live_at.insert(h, loc);
+        } else {
+            dead_by_pack.entry(loc.pack).or_default().push(h);
+            objects_removed += 1;
+        }
+        Ok(())
+    })?;
+    let live_missing = live.len().saturating_sub(live_at.len()) as u64;
+    if live_missing > 0 {
+        tracing::warn!(
+            "gc: {live_missing} live objects are not in the index (run `pgbranch verify`)"
+        );
+    }
+
+    let mut plan = GcPlan {
+        live_objects: live.len() as u64,
+        live_missing,
+        active_pack,
+        bytes_before,
+        objects_removed,
+        ..Default::default()
+    };
+    for pack in store.pack_numbers()? {
+        if pack >= active_pack {
+            continue;
+        }
+        let size = store.pack_size(pack)?;
+        // A record is live only if it is the indexed copy of a live object.
+        let live_records: Vec<(Hash, Location)> = store
+            .pack_records(pack)?
+            .into_iter()
+            .filter(|(h, loc)| live_at.get(h) == Some(loc))
+            .collect();
+        let live_bytes: u64 = live_records
+            .iter()
+            .map(|(_, l)| l.len as u64 + RECORD_HEADER)
+            .sum();
+        let dead = dead_by_pack.remove(&pack).unwrap_or_default();
+        if live_bytes * 100 >= size * KEEP_PACK_LIVE_PERCENT {
+            plan.drop_entries.extend(dead);
+            continue;
+        }
+        plan.pack_bytes_freed += size;
+        plan.bytes_copied += live_bytes;
+        plan.packs.push(if live_records.is_empty() {
+            PackAction::Delete { pack, size, dead }
+        } else {
+            PackAction::Rewrite {
+                pack,
+                size,
+                live: live_records,
+                dead,
+            }
+        });
+    }
+    // Dead entries naming packs that are gone (or not yet scanned) are dropped too.
+    let mut rest: Vec<_> = dead_by_pack.into_iter().collect();
+    rest.sort_unstable_by_key(|(p, _)| *p);
+    plan.drop_entries
+        .extend(rest.into_iter().flat_map(|(_, d)| d));
+    Ok(plan)
+}
+
+/// Carries out a plan made by [`plan`] on the same store, under the same GC lock.
+pub fn execute(store: &dyn GcStore, plan: GcPlan) -> Result<GcReport, StoreError> {
+    let mut report = GcReport {
+        objects_removed: plan.objects_removed,
+        bytes_before: plan.bytes_before,
+        ..Default::default()
+    };
+    for action in plan.packs {
+        match action {
+            PackAction::Rewrite {
+                pack, live, dead, ..
+            } => {
+                let moved = store.copy_records(&live)?;
+                store.update_index(&moved, &dead)?;
+                store.remove_pack(pack)?;
+            }
+            PackAction::Delete { pack, dead, .. } => {
+                store.update_index(&[], &dead)?;
+                store.remove_pack(pack)?;
+            }
+        }
+        report.packs_rewritten += 1;
+    }
+    if !plan.drop_entries.is_empty() {
+        store.update_index(&[], &plan.drop_entries)?;
+    }
+    store.finish_gc()?;
+    report.bytes_after = store.physical_bytes()?;
+    Ok(report)
+}
