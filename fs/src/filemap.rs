@@ -63,16 +63,15 @@ impl FileMap {
         self.slots.iter().filter(|s| !matches!(s, Slot::Hole)).count() as u64
     }
 
-    /// Replaces a slot; returns how many dirty blocks this added (0 or 1).
-    pub fn set(&mut self, idx: u64, slot: Slot) -> u64 {
+    /// Replaces a slot, keeping the set of dirty blocks in step.
+    pub fn set(&mut self, idx: u64, slot: Slot) {
         let i = idx as usize;
         if i >= self.slots.len() {
             if matches!(slot, Slot::Hole) {
-                return 0;
+                return;
             }
             self.slots.resize(i + 1, Slot::Hole);
         }
-        let was_dirty = matches!(self.slots[i], Slot::Dirty(_));
         let now_dirty = matches!(slot, Slot::Dirty(_));
         self.slots[i] = slot;
         self.dirty_leaves.insert(i / MAP_LEAF_BLOCKS);
@@ -81,7 +80,11 @@ impl FileMap {
         } else {
             self.dirty_blocks.remove(&idx);
         }
-        u64::from(now_dirty && !was_dirty)
+    }
+
+    /// How many blocks hold bytes not yet in the store: what the branch's dirty count sums.
+    pub fn dirty_count(&self) -> u64 {
+        self.dirty_blocks.len() as u64
     }
 
     /// The current bytes of a block (zeros for a hole), verified if read from the store.
@@ -93,27 +96,83 @@ impl FileMap {
         }
     }
 
-    /// Writes `data` at byte `pos` within block `idx`.
-    pub fn write_in_block(&mut self, store: &dyn ObjectStore, idx: u64, pos: usize, data: &[u8]) -> Result<u64, StoreError> {
+    /// Reads, before anything changes, every stored block that a change of bytes
+    /// [start, end) covers only in part (at most the first and the last), so that the
+    /// change itself cannot fail half way.
+    fn fetch_partial(&self, store: &dyn ObjectStore, start: u64, end: u64) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let bs = BLOCK_SIZE as u64;
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        let (first, last) = (start / bs, (end - 1) / bs);
+        let mut out = Vec::new();
+        for idx in if first == last { vec![first] } else { vec![first, last] } {
+            let partial = start > idx * bs || end < (idx + 1) * bs;
+            if let (true, Slot::Stored(h)) = (partial, self.slot(idx)) {
+                out.push((idx, store.get(h)?));
+            }
+        }
+        Ok(out)
+    }
+
+    /// Turns fetched stored blocks into dirty ones holding the same bytes: infallible.
+    fn install(&mut self, fetched: Vec<(u64, Vec<u8>)>) {
+        for (idx, bytes) in fetched {
+            self.set(idx, Slot::Dirty(Arc::new(bytes)));
+        }
+    }
+
+    /// Writes `data` at byte `pos` within block `idx`. A partly written stored block
+    /// must have been fetched first (see [`FileMap::fetch_partial`]).
+    fn write_in_block(&mut self, idx: u64, pos: usize, data: &[u8]) {
         if pos == 0 && data.len() == BLOCK_SIZE {
-            return Ok(self.set(idx, Slot::Dirty(Arc::new(data.to_vec()))));
+            self.set(idx, Slot::Dirty(Arc::new(data.to_vec())));
+            return;
         }
         if let Some(Slot::Dirty(arc)) = self.slots.get_mut(idx as usize) {
             // Copies only when a commit is holding the same bytes.
             Arc::make_mut(arc)[pos..pos + data.len()].copy_from_slice(data);
-            return Ok(0);
+            return;
         }
-        let mut bytes = self.block_bytes(store, idx)?;
+        debug_assert!(matches!(self.slot(idx), Slot::Hole), "stored block {idx} written in part without its bytes");
+        let mut bytes = vec![0u8; BLOCK_SIZE];
         bytes[pos..pos + data.len()].copy_from_slice(data);
-        Ok(self.set(idx, Slot::Dirty(Arc::new(bytes))))
+        self.set(idx, Slot::Dirty(Arc::new(bytes)));
     }
 
-    /// Makes bytes [start, end) of the file read as zeros, turning whole blocks into holes.
-    pub fn zero_range(&mut self, store: &dyn ObjectStore, start: u64, end: u64) -> Result<u64, StoreError> {
+    /// Writes `data` at byte `offset` of the file. Either it fails (reading a partly
+    /// overwritten block) and changes nothing, or it succeeds whole.
+    pub fn write(&mut self, store: &dyn ObjectStore, offset: u64, data: &[u8]) -> Result<(), StoreError> {
         let bs = BLOCK_SIZE as u64;
-        let mut added = 0;
-        let mut pos = start;
+        let end = offset + data.len() as u64;
+        let fetched = self.fetch_partial(store, offset, end)?;
+        self.install(fetched);
+        let mut pos = offset;
+        while pos < end {
+            let within = (pos % bs) as usize;
+            let n = (bs - within as u64).min(end - pos) as usize;
+            let from = (pos - offset) as usize;
+            self.write_in_block(pos / bs, within, &data[from..from + n]);
+            pos += n as u64;
+        }
+        Ok(())
+    }
+
+    /// Makes bytes [start, end) of the file read as zeros, turning whole blocks into
+    /// holes. Either it fails and changes nothing, or it succeeds whole.
+    pub fn zero_range(&mut self, store: &dyn ObjectStore, start: u64, end: u64) -> Result<(), StoreError> {
+        let bs = BLOCK_SIZE as u64;
         let end = end.min(self.slots.len() as u64 * bs);
+        let fetched = self.fetch_partial(store, start, end)?;
+        self.install(fetched);
+        self.zero_fetched(start, end);
+        Ok(())
+    }
+
+    /// [`FileMap::zero_range`] once its partial blocks are fetched: infallible.
+    fn zero_fetched(&mut self, start: u64, end: u64) {
+        let bs = BLOCK_SIZE as u64;
+        let mut pos = start;
         while pos < end {
             let idx = pos / bs;
             let within = (pos % bs) as usize;
@@ -122,16 +181,19 @@ impl FileMap {
             } else if n == BLOCK_SIZE {
                 self.set(idx, Slot::Hole);
             } else {
-                added += self.write_in_block(store, idx, within, &vec![0u8; n])?;
+                self.write_in_block(idx, within, &vec![0u8; n]);
             }
             pos += n as u64;
         }
-        Ok(added)
     }
 
     /// Drops every block past `size` and zeroes the tail of the last partial block.
-    pub fn truncate(&mut self, store: &dyn ObjectStore, size: u64) -> Result<u64, StoreError> {
+    /// Either it fails (reading that block) and changes nothing, or it succeeds whole.
+    pub fn truncate(&mut self, store: &dyn ObjectStore, size: u64) -> Result<(), StoreError> {
+        let bs = BLOCK_SIZE as u64;
         let keep = blocks_for(size) as usize;
+        let tail_end = (keep as u64 * bs).min(self.slots.len() as u64 * bs);
+        let fetched = self.fetch_partial(store, size, tail_end)?;
         if keep < self.slots.len() {
             for i in keep..self.slots.len() {
                 self.dirty_blocks.remove(&(i as u64));
@@ -139,15 +201,9 @@ impl FileMap {
             }
             self.slots.truncate(keep);
         }
-        let bs = BLOCK_SIZE as u64;
-        if !size.is_multiple_of(bs) {
-            return self.zero_range(store, size, keep as u64 * bs);
-        }
-        Ok(0)
-    }
-
-    pub fn has_dirty_blocks(&self) -> bool {
-        !self.dirty_blocks.is_empty()
+        self.install(fetched);
+        self.zero_fetched(size, tail_end);
+        Ok(())
     }
 
     pub fn is_dirty(&self) -> bool {
@@ -177,15 +233,13 @@ impl FileMap {
     }
 
     /// Stores remaining dirty blocks and changed leaves; returns the new map root.
-    pub fn commit(&mut self, store: &dyn ObjectStore) -> Result<(Option<Hash>, u64), StoreError> {
-        let mut settled = 0;
+    pub fn commit(&mut self, store: &dyn ObjectStore) -> Result<Option<Hash>, StoreError> {
         for (idx, data) in self.dirty_block_list() {
             let hash = store_block(store, &data)?;
             self.settle(idx, &data, hash);
-            settled += 1;
         }
         if self.dirty_leaves.is_empty() {
-            return Ok((self.root, settled));
+            return Ok(self.root);
         }
         let nleaves = self.slots.len().div_ceil(MAP_LEAF_BLOCKS);
         self.leaf_hashes.resize(nleaves, None);
@@ -215,7 +269,7 @@ impl FileMap {
         } else {
             Some(node::put_node(store, &MapRoot { leaves: self.leaf_hashes.clone() })?)
         };
-        Ok((self.root, settled))
+        Ok(self.root)
     }
 }
 

@@ -4,7 +4,6 @@
 use std::collections::BTreeMap;
 
 use super::{err, Content, FsResult, Inode, MapState, Tree, S_IFMT};
-use crate::block::BLOCK_SIZE;
 use crate::filemap::FileMap;
 use crate::node::{Attr, Time};
 use crate::op::{NewKind, Op, SetAttr};
@@ -72,22 +71,12 @@ impl Tree {
             }
             Op::SetAttr { ino, attr, now } => self.set_attr(*ino, attr, *now),
             Op::Write { ino, offset, data, now } => {
-                let store = self.store.clone();
-                let (size, map) = self.file_map_mut(*ino)?;
-                let bs = BLOCK_SIZE as u64;
-                let end = offset + data.len() as u64;
-                let mut pos = *offset;
-                let mut added = 0;
-                while pos < end {
-                    let idx = pos / bs;
-                    let within = (pos % bs) as usize;
-                    let n = (bs - within as u64).min(end - pos) as usize;
-                    let from = (pos - offset) as usize;
-                    added += map.write_in_block(store.as_ref(), idx, within, &data[from..from + n])?;
-                    pos += n as u64;
-                }
-                *size = (*size).max(end);
-                self.dirty_blocks += added;
+                let end = offset.checked_add(data.len() as u64).ok_or(err(libc::EFBIG))?;
+                self.with_map(*ino, |store, size, map| {
+                    map.write(store, *offset, data)?;
+                    *size = (*size).max(end);
+                    Ok(())
+                })?;
                 let a = self.attr_mut(*ino)?;
                 a.mtime = *now;
                 a.ctime = *now;
@@ -201,11 +190,13 @@ impl Tree {
     fn set_attr(&mut self, ino: u64, set: &SetAttr, now: Time) -> FsResult<()> {
         self.inode(ino)?;
         if let Some(size) = set.size {
-            let store = self.store.clone();
-            let (cur, map) = self.file_map_mut(ino)?;
-            let added = if size < *cur { map.truncate(store.as_ref(), size)? } else { 0 };
-            *cur = size;
-            self.dirty_blocks += added;
+            self.with_map(ino, |store, cur, map| {
+                if size < *cur {
+                    map.truncate(store, size)?;
+                }
+                *cur = size;
+                Ok(())
+            })?;
         }
         let a = self.attr_mut(ino)?;
         if let Some(mode) = set.mode {
@@ -230,7 +221,6 @@ impl Tree {
     }
 
     fn fallocate(&mut self, ino: u64, offset: u64, len: u64, mode: i32, now: Time) -> FsResult<()> {
-        let store = self.store.clone();
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
         let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
@@ -239,15 +229,16 @@ impl Tree {
         {
             return Err(err(libc::EOPNOTSUPP));
         }
-        let (size, map) = self.file_map_mut(ino)?;
-        let mut added = 0;
-        if punch || zero {
-            added = map.zero_range(store.as_ref(), offset, offset + len)?;
-        }
-        if !keep_size {
-            *size = (*size).max(offset + len);
-        }
-        self.dirty_blocks += added;
+        let end = offset.checked_add(len).ok_or(err(libc::EFBIG))?;
+        self.with_map(ino, |store, size, map| {
+            if punch || zero {
+                map.zero_range(store, offset, end)?;
+            }
+            if !keep_size {
+                *size = (*size).max(end);
+            }
+            Ok(())
+        })?;
         if punch || zero || !keep_size {
             let a = self.attr_mut(ino)?;
             a.mtime = now;

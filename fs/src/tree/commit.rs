@@ -8,6 +8,10 @@ use crate::block::Hash;
 use crate::node::{self, InodeLeaf, InodeRecord, StoredContent, TreeRoot, INODE_LEAF_SPAN, ROOT_INO};
 use crate::store::StoreError;
 
+/// A block a commit stored outside the lock: inode, block index, the bytes it stored
+/// and their hash (None for a block of zeros).
+pub type StoredBlock = (u64, u64, Arc<Vec<u8>>, Option<Hash>);
+
 impl Tree {
     /// The dirty blocks of every file, for a commit to store outside the lock.
     pub fn dirty_block_list(&self) -> Vec<(u64, u64, Arc<Vec<u8>>)> {
@@ -21,27 +25,36 @@ impl Tree {
     }
 
     /// Records that blocks were stored while the lock was released.
-    pub fn settle_blocks(&mut self, stored: &[(u64, u64, Arc<Vec<u8>>, Option<Hash>)]) {
+    pub fn settle_blocks(&mut self, stored: &[StoredBlock]) {
         for (ino, idx, data, hash) in stored {
             if let Some(Inode { content: Content::File { map: MapState::Loaded(m), .. }, .. }) = self.inodes.get_mut(ino) {
-                if m.settle(*idx, data, *hash) {
-                    self.dirty_blocks -= 1;
-                }
+                let before = m.dirty_count();
+                m.settle(*idx, data, *hash);
+                let after = m.dirty_count();
+                self.count_change(before, after);
             }
         }
     }
 
     /// Stores everything changed since the last commit and returns the new root hash.
+    /// A file or leaf stays marked changed until it is stored, so a failed commit
+    /// leaves the rest for the next one.
     pub fn commit(&mut self) -> Result<Hash, StoreError> {
         let store = self.store.clone();
-        let files = std::mem::take(&mut self.dirty_files);
+        let files: Vec<u64> = self.dirty_files.iter().copied().collect();
         for ino in files {
             if let Some(Inode { content: Content::File { map: MapState::Loaded(m), .. }, .. }) = self.inodes.get_mut(&ino) {
-                let (_, settled) = m.commit(store.as_ref())?;
-                self.dirty_blocks -= settled;
+                let before = m.dirty_count();
+                let result = m.commit(store.as_ref());
+                let after = m.dirty_count();
+                self.count_change(before, after);
+                result?;
             }
+            self.dirty_files.remove(&ino);
         }
-        for leaf in std::mem::take(&mut self.dirty_leaves) {
+        debug_assert_eq!(self.dirty_blocks, self.dirty_blocks_in_maps());
+        let leaves: Vec<u64> = self.dirty_leaves.iter().copied().collect();
+        for leaf in leaves {
             let start = leaf * INODE_LEAF_SPAN;
             let inodes: Vec<(u64, InodeRecord)> = (start..start + INODE_LEAF_SPAN)
                 .filter_map(|ino| self.inodes.get(&ino).map(|i| (ino, i)))
@@ -53,6 +66,7 @@ impl Tree {
             } else {
                 self.leaf_hashes.insert(leaf, node::put_node(store.as_ref(), &InodeLeaf { inodes })?);
             }
+            self.dirty_leaves.remove(&leaf);
         }
         let root = TreeRoot {
             format: node::TREE_FORMAT,

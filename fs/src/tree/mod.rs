@@ -98,6 +98,9 @@ pub struct Tree {
     leaf_hashes: BTreeMap<u64, Hash>,
     dirty_leaves: BTreeSet<u64>,
     dirty_files: BTreeSet<u64>,
+    /// The sum of [`FileMap::dirty_count`] over every loaded map, kept in step by
+    /// [`Tree::count_change`] wherever a map changes; [`Tree::dirty_blocks_in_maps`]
+    /// recomputes it from the maps.
     dirty_blocks: u64,
     open_counts: HashMap<u64, u32>,
 }
@@ -163,8 +166,42 @@ impl Tree {
         self.next_ino
     }
 
+    /// Blocks held in memory and not yet stored, over every file of the tree.
     pub fn dirty_blocks(&self) -> u64 {
         self.dirty_blocks
+    }
+
+    /// The dirty block count recomputed from the maps themselves: what
+    /// [`Tree::dirty_blocks`] must always equal.
+    pub fn dirty_blocks_in_maps(&self) -> u64 {
+        self.inodes
+            .values()
+            .map(|i| match &i.content {
+                Content::File { map: MapState::Loaded(m), .. } => m.dirty_count(),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// Records that one map's dirty count went from `before` to `after`. The count can
+    /// only go below zero through a bug; it is then recomputed from the maps rather
+    /// than wrapped (a wrapped count would throttle every later write).
+    fn count_change(&mut self, before: u64, after: u64) {
+        match self.dirty_blocks.checked_sub(before) {
+            Some(rest) => self.dirty_blocks = rest + after,
+            None => {
+                let recount = self.dirty_blocks_in_maps();
+                tracing::error!(
+                    count = self.dirty_blocks,
+                    before,
+                    after,
+                    recount,
+                    "dirty block count would go below zero; using the count the maps hold"
+                );
+                debug_assert!(false, "dirty block count underflow: {} - {before}", self.dirty_blocks);
+                self.dirty_blocks = recount;
+            }
+        }
     }
 
     pub fn has_changes(&self) -> bool {
@@ -222,7 +259,7 @@ impl Tree {
     fn drop_inode(&mut self, ino: u64) {
         if let Some(inode) = self.inodes.remove(&ino) {
             if let Content::File { map: MapState::Loaded(m), .. } = &inode.content {
-                self.dirty_blocks -= m.dirty_block_list().len() as u64;
+                self.count_change(m.dirty_count(), 0);
             }
         }
         self.dirty_files.remove(&ino);
@@ -269,15 +306,27 @@ impl Tree {
         Ok((end - offset, plan))
     }
 
-    fn file_map_mut(&mut self, ino: u64) -> FsResult<(&mut u64, &mut FileMap)> {
+    /// Changes a file's size and block map through `change`, keeping the dirty count in
+    /// step with the map. `change` must leave the map as it was when it fails.
+    fn with_map<R>(
+        &mut self,
+        ino: u64,
+        change: impl FnOnce(&dyn ObjectStore, &mut u64, &mut FileMap) -> Result<R, StoreError>,
+    ) -> FsResult<R> {
         self.load_map(ino)?;
+        let (size, map) = match &mut self.inodes.get_mut(&ino).ok_or(err(libc::ENOENT))?.content {
+            Content::File { size, map: MapState::Loaded(m) } => (size, m),
+            Content::Dir { .. } => return Err(err(libc::EISDIR)),
+            _ => return Err(err(libc::EINVAL)),
+        };
+        let before = map.dirty_count();
+        let out = change(self.store.as_ref(), size, map);
+        let after = map.dirty_count();
+        self.count_change(before, after);
+        let out = out?;
         self.dirty_files.insert(ino);
         self.mark(ino);
-        match &mut self.inodes.get_mut(&ino).ok_or(err(libc::ENOENT))?.content {
-            Content::File { size, map: MapState::Loaded(m) } => Ok((size, m)),
-            Content::Dir { .. } => Err(err(libc::EISDIR)),
-            _ => Err(err(libc::EINVAL)),
-        }
+        Ok(out)
     }
 
     fn dir_entries_mut(&mut self, ino: u64) -> FsResult<&mut BTreeMap<Vec<u8>, u64>> {
