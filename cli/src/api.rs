@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 pub enum Request {
     Status,
     List,
-    Path { name: String },
+    Path {
+        name: String,
+    },
     CreateBranch {
         name: String,
         from: Option<String>,
@@ -19,24 +21,54 @@ pub enum Request {
         #[serde(default)]
         protect: bool,
     },
-    BranchStart { name: String },
-    BranchStop { name: String },
-    BranchUrl { name: String },
-    BranchReset { name: String },
-    Protect { name: String, protect: bool },
+    BranchStart {
+        name: String,
+    },
+    BranchStop {
+        name: String,
+    },
+    BranchUrl {
+        name: String,
+    },
+    BranchReset {
+        name: String,
+    },
+    Protect {
+        name: String,
+        protect: bool,
+    },
     /// Records the follower after the CLI base-backed-up into `main`, and starts it.
-    FollowRegister { source_url: String, slot: String, pg_bin: String },
-    FollowStop { drop_slot: bool },
+    FollowRegister {
+        source_url: String,
+        slot: String,
+        pg_bin: String,
+    },
+    FollowStop {
+        drop_slot: bool,
+    },
     /// Starts an ordinary read-write server on `main` for the masked follower to fill.
-    LogicalMainStart { user: String, dbname: String, pg_bin: String },
+    LogicalMainStart {
+        user: String,
+        dbname: String,
+        pg_bin: String,
+    },
     /// Records the masked follower once main holds the initial copy; starts its stream.
     FollowRegisterLogical(LogicalFollow),
     /// The follower's source URL, password included (the socket is owner-only).
     FollowSourceUrl,
     /// Replaces the masked follower's transform config and restarts its stream.
-    FollowReload { config_name: String, config_text: String },
-    CreateSnapshot { name: String, from: String },
-    Delete { name: String, snapshot: bool },
+    FollowReload {
+        config_name: String,
+        config_text: String,
+    },
+    CreateSnapshot {
+        name: String,
+        from: String,
+    },
+    Delete {
+        name: String,
+        snapshot: bool,
+    },
     Du,
     Gc,
     Verify,

@@ -95,7 +95,12 @@ impl Layout {
             std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
             let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(&tmp)
                 .with_context(|| format!("creating {}", tmp.display()))?;
             f.write_all(format!("{hex}\n").as_bytes())?;
             f.sync_all()?;
@@ -137,8 +142,7 @@ impl Layout {
             if dir.exists() && !dir.is_dir() {
                 bail!("store path {} exists and is not a directory; {hint}", dir.display());
             }
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create store directory {}; {hint}", dir.display()))?;
+            std::fs::create_dir_all(dir).with_context(|| format!("cannot create store directory {}; {hint}", dir.display()))?;
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
                 .with_context(|| format!("cannot set permissions on {}; {hint}", dir.display()))?;
         }
@@ -148,4 +152,3 @@ impl Layout {
         Ok(())
     }
 }
-

@@ -10,4 +10,5 @@ pub mod layout;
 pub mod output;
 pub mod pii;
 pub mod source_tls;
+pub mod sys;
 pub use pgbranch_replicator::pg;

@@ -3,7 +3,6 @@
 //! The binary is both the CLI and the daemon (`pgbranch daemon`). Every other verb is a
 //! request to the daemon, which the CLI starts in the background when needed.
 
-
 use std::path::PathBuf;
 
 use anyhow::Result;
@@ -209,6 +208,9 @@ enum SnapshotCmd {
 fn main() {
     let cli = Cli::parse();
     let is_daemon = matches!(cli.command, Command::Daemon);
+    if !is_daemon {
+        pgbranch::sys::default_sigpipe();
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PGBRANCH_LOG")

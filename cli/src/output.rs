@@ -11,7 +11,11 @@ pub fn bytes(n: u64) -> String {
         v /= 1024.0;
         u += 1;
     }
-    if u == 0 { format!("{n} B") } else { format!("{v:.1} {}", UNITS[u]) }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn json_out(v: &Value) -> Result<()> {
@@ -111,12 +115,21 @@ pub fn status(data: &Value, json: bool) -> Result<()> {
     println!("daemon:    pid {}, up {}s", data["pid"], data["uptime_secs"]);
     println!("store:     {}", data["store"].as_str().unwrap_or(""));
     println!("size:      {} in {} objects", bytes(data["physical_bytes"].as_u64().unwrap_or(0)), data["objects"]);
-    println!("memory:    {} (peak {})", bytes(data["rss_bytes"].as_u64().unwrap_or(0)), bytes(data["peak_rss_bytes"].as_u64().unwrap_or(0)));
+    println!(
+        "memory:    {} (peak {})",
+        bytes(data["rss_bytes"].as_u64().unwrap_or(0)),
+        bytes(data["peak_rss_bytes"].as_u64().unwrap_or(0))
+    );
     let f = &data["follower"];
     if f.is_null() {
         println!("follower:  none (see `pgbranch clone stream`)");
     } else {
-        println!("follower:  {} from {} (slot {})", f["state"].as_str().unwrap_or("?"), f["source"].as_str().unwrap_or(""), f["slot"].as_str().unwrap_or(""));
+        println!(
+            "follower:  {} from {} (slot {})",
+            f["state"].as_str().unwrap_or("?"),
+            f["source"].as_str().unwrap_or(""),
+            f["slot"].as_str().unwrap_or("")
+        );
         if f["mode"] == "logical" {
             println!(
                 "masking:   {} ({} validation); {} rows in {} transactions applied, {:.0} rows/s",

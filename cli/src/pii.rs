@@ -61,10 +61,11 @@ fn write_file(path: &Path, text: &str, force: bool) -> Result<()> {
     let name = path.file_name().with_context(|| format!("{} is not a file name", path.display()))?;
     let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
     std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path).inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
-    })
-    .with_context(|| format!("replacing {}", path.display()))
+    std::fs::rename(&tmp, path)
+        .inspect_err(|_| {
+            let _ = std::fs::remove_file(&tmp);
+        })
+        .with_context(|| format!("replacing {}", path.display()))
 }
 
 /// One line per column: table.column, type, guess (kind -> transformer), evidence.

@@ -35,13 +35,11 @@ fn files(source: &Source) -> Vec<(&'static str, PathBuf, &'static str)> {
 
 fn private_dir(dir: &Path) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .with_context(|| format!("setting the mode of {}", dir.display()))
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).with_context(|| format!("setting the mode of {}", dir.display()))
 }
 
 fn chown(path: &Path, (uid, gid): (u32, u32)) -> Result<()> {
-    std::os::unix::fs::chown(path, Some(uid), Some(gid))
-        .with_context(|| format!("giving {} to uid {uid}", path.display()))
+    std::os::unix::fs::chown(path, Some(uid), Some(gid)).with_context(|| format!("giving {} to uid {uid}", path.display()))
 }
 
 /// Writes `bytes` to `path`, mode 0600, replacing what was there.
@@ -55,8 +53,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
         .mode(0o600)
         .open(path)
         .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes)
-        .with_context(|| format!("writing {}", path.display()))
+    f.write_all(bytes).with_context(|| format!("writing {}", path.display()))
 }
 
 /// Copies the source's TLS files into the store; returns the source URL naming the
@@ -72,8 +69,7 @@ pub fn install(layout: &Layout, owner: &Owner, source: &Source) -> Result<String
     // Read everything first: the URL may already name the store's copies.
     let mut contents = Vec::new();
     for (param, path, name) in &files {
-        let bytes =
-            std::fs::read(path).with_context(|| format!("reading {param}={}", path.display()))?;
+        let bytes = std::fs::read(path).with_context(|| format!("reading {param}={}", path.display()))?;
         contents.push((*param, bytes, *name));
     }
     private_dir(&saved)?;
@@ -81,10 +77,8 @@ pub fn install(layout: &Layout, owner: &Owner, source: &Source) -> Result<String
         write_private(&saved.join(name), bytes)?;
     }
     publish(layout, (owner.uid, owner.gid))?;
-    let params: Vec<(&str, String)> = contents
-        .iter()
-        .map(|(param, _, name)| (*param, layout.source_tls().join(name).display().to_string()))
-        .collect();
+    let params: Vec<(&str, String)> =
+        contents.iter().map(|(param, _, name)| (*param, layout.source_tls().join(name).display().to_string())).collect();
     Ok(set_params(&source.url, &params)?)
 }
 
@@ -100,8 +94,7 @@ pub fn publish(layout: &Layout, owner: (u32, u32)) -> Result<()> {
     chown(&live, owner)?;
     for e in entries {
         let e = e.with_context(|| format!("listing {}", saved.display()))?;
-        let bytes =
-            std::fs::read(e.path()).with_context(|| format!("reading {}", e.path().display()))?;
+        let bytes = std::fs::read(e.path()).with_context(|| format!("reading {}", e.path().display()))?;
         let to = live.join(e.file_name());
         write_private(&to, &bytes)?;
         chown(&to, owner)?;

@@ -76,8 +76,9 @@ pub enum DecodeError {
 pub fn decode(hash: &Hash, payload: &[u8]) -> Result<Vec<u8>, DecodeError> {
     let bytes = match payload.first() {
         Some(&CODEC_RAW) => payload[1..].to_vec(),
-        Some(&CODEC_LZ4) => lz4_flex::block::decompress_size_prepended(&payload[1..])
-            .map_err(|e| DecodeError::Corrupt(*hash, e.to_string()))?,
+        Some(&CODEC_LZ4) => {
+            lz4_flex::block::decompress_size_prepended(&payload[1..]).map_err(|e| DecodeError::Corrupt(*hash, e.to_string()))?
+        }
         _ => return Err(DecodeError::Corrupt(*hash, "unknown codec".into())),
     };
     if Hash::of(&bytes) != *hash {

@@ -53,11 +53,9 @@ impl Branch {
     /// Opens a branch at its committed root and replays its intent log.
     pub fn open(store: Arc<dyn ObjectStore>, record: &BranchRecord, log_dir: &Path) -> Result<Branch, BranchError> {
         let name = record.name.clone();
-        let mut tree =
-            Tree::load(store, &record.root).map_err(|source| BranchError::Load { name: name.clone(), source })?;
+        let mut tree = Tree::load(store, &record.root).map_err(|source| BranchError::Load { name: name.clone(), source })?;
         let log = if record.kind == Kind::Branch {
-            let ops = intent_log::read_ops(log_dir, record.log_seq)
-                .map_err(|source| BranchError::Log { name: name.clone(), source })?;
+            let ops = intent_log::read_ops(log_dir, record.log_seq).map_err(|source| BranchError::Log { name: name.clone(), source })?;
             if !ops.is_empty() {
                 tracing::info!(branch = %name, ops = ops.len(), "replaying intent log");
             }
@@ -142,11 +140,7 @@ impl Branch {
     /// head, then drops the log segments it covers; returns the head. Blocks are stored
     /// outside the tree lock so writers keep going; only the cut (rotating the log,
     /// writing nodes) holds it.
-    pub fn commit(
-        &self,
-        store: &dyn ObjectStore,
-        persist: impl FnOnce(&Committed) -> Result<(), String>,
-    ) -> Result<Hash, BranchError> {
+    pub fn commit(&self, store: &dyn ObjectStore, persist: impl FnOnce(&Committed) -> Result<(), String>) -> Result<Hash, BranchError> {
         let _one_at_a_time = self.commit_lock.lock();
         let err = |source| BranchError::Store { name: self.name.clone(), source };
         let Some(log) = &self.log else { return Ok(self.head()) };

@@ -257,18 +257,14 @@ impl FileMap {
                     _ => None,
                 })
                 .collect();
-            self.leaf_hashes[leaf_no] =
-                if blocks.is_empty() { None } else { Some(node::put_node(store, &MapLeaf { blocks })?) };
+            self.leaf_hashes[leaf_no] = if blocks.is_empty() { None } else { Some(node::put_node(store, &MapLeaf { blocks })?) };
         }
         self.dirty_leaves.clear();
         while self.leaf_hashes.last() == Some(&None) {
             self.leaf_hashes.pop();
         }
-        self.root = if self.leaf_hashes.is_empty() {
-            None
-        } else {
-            Some(node::put_node(store, &MapRoot { leaves: self.leaf_hashes.clone() })?)
-        };
+        self.root =
+            if self.leaf_hashes.is_empty() { None } else { Some(node::put_node(store, &MapRoot { leaves: self.leaf_hashes.clone() })?) };
         Ok(self.root)
     }
 }

@@ -48,16 +48,10 @@ pub trait GcStore: ObjectStore {
     /// Every record of a pack, read from the pack itself.
     fn pack_records(&self, pack: u32) -> Result<Vec<(Hash, Location)>, StoreError>;
     /// Calls `f` for every index entry, from one consistent read of the index.
-    fn for_each_index_entry(
-        &self,
-        f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError>;
+    fn for_each_index_entry(&self, f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>) -> Result<(), StoreError>;
     /// Appends copies of these records to the active pack and fsyncs it; returns the
     /// new locations, in order.
-    fn copy_records(
-        &self,
-        records: &[(Hash, Location)],
-    ) -> Result<Vec<(Hash, Location)>, StoreError>;
+    fn copy_records(&self, records: &[(Hash, Location)]) -> Result<Vec<(Hash, Location)>, StoreError>;
     /// One durable index transaction: insert (or re-point) `insert`, remove `remove`.
     fn update_index(&self, insert: &[(Hash, Location)], remove: &[Hash]) -> Result<(), StoreError>;
     /// Removes a pack file (whose records the index no longer names).
@@ -70,18 +64,9 @@ pub trait GcStore: ObjectStore {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PackAction {
     /// Copy `live` into the active pack, drop `dead` from the index, remove the pack.
-    Rewrite {
-        pack: u32,
-        size: u64,
-        live: Vec<(Hash, Location)>,
-        dead: Vec<Hash>,
-    },
+    Rewrite { pack: u32, size: u64, live: Vec<(Hash, Location)>, dead: Vec<Hash> },
     /// Nothing in the pack is live: drop `dead` from the index, remove the pack.
-    Delete {
-        pack: u32,
-        size: u64,
-        dead: Vec<Hash>,
-    },
+    Delete { pack: u32, size: u64, dead: Vec<Hash> },
 }
 
 impl PackAction {
@@ -147,34 +132,20 @@ pub fn plan(store: &dyn GcStore, live: &HashSet<Hash>) -> Result<GcPlan, StoreEr
     })?;
     let live_missing = live.len().saturating_sub(live_at.len()) as u64;
     if live_missing > 0 {
-        tracing::warn!(
-            "gc: {live_missing} live objects are not in the index (run `pgbranch verify`)"
-        );
+        tracing::warn!("gc: {live_missing} live objects are not in the index (run `pgbranch verify`)");
     }
 
-    let mut plan = GcPlan {
-        live_objects: live.len() as u64,
-        live_missing,
-        active_pack,
-        bytes_before,
-        objects_removed,
-        ..Default::default()
-    };
+    let mut plan =
+        GcPlan { live_objects: live.len() as u64, live_missing, active_pack, bytes_before, objects_removed, ..Default::default() };
     for pack in store.pack_numbers()? {
         if pack >= active_pack {
             continue;
         }
         let size = store.pack_size(pack)?;
         // A record is live only if it is the indexed copy of a live object.
-        let live_records: Vec<(Hash, Location)> = store
-            .pack_records(pack)?
-            .into_iter()
-            .filter(|(h, loc)| live_at.get(h) == Some(loc))
-            .collect();
-        let live_bytes: u64 = live_records
-            .iter()
-            .map(|(_, l)| l.len as u64 + RECORD_HEADER)
-            .sum();
+        let live_records: Vec<(Hash, Location)> =
+            store.pack_records(pack)?.into_iter().filter(|(h, loc)| live_at.get(h) == Some(loc)).collect();
+        let live_bytes: u64 = live_records.iter().map(|(_, l)| l.len as u64 + RECORD_HEADER).sum();
         let dead = dead_by_pack.remove(&pack).unwrap_or_default();
         if live_bytes * 100 >= size * KEEP_PACK_LIVE_PERCENT {
             plan.drop_entries.extend(dead);
@@ -185,34 +156,22 @@ pub fn plan(store: &dyn GcStore, live: &HashSet<Hash>) -> Result<GcPlan, StoreEr
         plan.packs.push(if live_records.is_empty() {
             PackAction::Delete { pack, size, dead }
         } else {
-            PackAction::Rewrite {
-                pack,
-                size,
-                live: live_records,
-                dead,
-            }
+            PackAction::Rewrite { pack, size, live: live_records, dead }
         });
     }
     // Dead entries naming packs that are gone (or not yet scanned) are dropped too.
     let mut rest: Vec<_> = dead_by_pack.into_iter().collect();
     rest.sort_unstable_by_key(|(p, _)| *p);
-    plan.drop_entries
-        .extend(rest.into_iter().flat_map(|(_, d)| d));
+    plan.drop_entries.extend(rest.into_iter().flat_map(|(_, d)| d));
     Ok(plan)
 }
 
 /// Carries out a plan made by [`plan`] on the same store, under the same GC lock.
 pub fn execute(store: &dyn GcStore, plan: GcPlan) -> Result<GcReport, StoreError> {
-    let mut report = GcReport {
-        objects_removed: plan.objects_removed,
-        bytes_before: plan.bytes_before,
-        ..Default::default()
-    };
+    let mut report = GcReport { objects_removed: plan.objects_removed, bytes_before: plan.bytes_before, ..Default::default() };
     for action in plan.packs {
         match action {
-            PackAction::Rewrite {
-                pack, live, dead, ..
-            } => {
+            PackAction::Rewrite { pack, live, dead, .. } => {
                 let moved = store.copy_records(&live)?;
                 store.update_index(&moved, &dead)?;
                 store.remove_pack(pack)?;

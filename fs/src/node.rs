@@ -51,9 +51,17 @@ pub struct Attr {
 /// What an inode holds, as persisted.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum StoredContent {
-    File { size: u64, map: Option<Hash> },
-    Dir { parent: u64, entries: BTreeMap<Vec<u8>, u64> },
-    Symlink { target: Vec<u8> },
+    File {
+        size: u64,
+        map: Option<Hash>,
+    },
+    Dir {
+        parent: u64,
+        entries: BTreeMap<Vec<u8>, u64>,
+    },
+    Symlink {
+        target: Vec<u8>,
+    },
     /// fifo, socket or device node: everything is in the attributes.
     Special,
 }

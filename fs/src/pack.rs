@@ -59,6 +59,10 @@ impl ActivePack {
         self.len
     }
 
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
     pub fn append(&mut self, hash: &Hash, payload: &[u8]) -> io::Result<Location> {
         let mut record = Vec::with_capacity(RECORD_HEADER as usize + payload.len());
         record.extend_from_slice(&hash.0);

@@ -124,13 +124,7 @@ impl Repository {
         std::fs::create_dir_all(dir.join("logs")).map_err(io_err(format!("creating {}", dir.display())))?;
         let store = Arc::new(LocalStore::open(dir)?);
         let catalog = Catalog::open(&dir.join("catalog.redb"))?;
-        let repo = Repository {
-            dir: dir.to_path_buf(),
-            store,
-            catalog,
-            branches: RwLock::new(BTreeMap::new()),
-            gc_lock: RwLock::new(()),
-        };
+        let repo = Repository { dir: dir.to_path_buf(), store, catalog, branches: RwLock::new(BTreeMap::new()), gc_lock: RwLock::new(()) };
         for rec in repo.catalog.list()? {
             let branch = Branch::open(repo.store.clone(), &rec, &repo.log_dir(rec.id))?;
             repo.branches.write().insert(rec.name.clone(), Arc::new(branch));
@@ -176,10 +170,7 @@ impl Repository {
         if log_dir.exists() {
             std::fs::remove_dir_all(&log_dir).map_err(io_err("clearing a stale intent log"))?;
         }
-        let created_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs() as i64)
-            .unwrap_or(0);
+        let created_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0);
         let rec = BranchRecord { name: name.to_string(), id, kind, root, log_seq: 0, parent, created_unix };
         let branch = Arc::new(Branch::open(self.store.clone(), &rec, &log_dir)?);
         self.catalog.put(&rec)?;
@@ -323,7 +314,13 @@ impl Repository {
                         unique += sizes[h];
                     }
                 }
-                BranchUsage { name: rec.name.clone(), kind: rec.kind.as_str(), logical_bytes: *logical, unique_bytes: unique, shared_bytes: shared }
+                BranchUsage {
+                    name: rec.name.clone(),
+                    kind: rec.kind.as_str(),
+                    logical_bytes: *logical,
+                    unique_bytes: unique,
+                    shared_bytes: shared,
+                }
             })
             .collect();
         let mut tree_node_bytes = 0;
@@ -361,10 +358,7 @@ impl Repository {
             }
             for f in listing.files {
                 for (idx, h) in f.blocks {
-                    let result = checked
-                        .entry(h)
-                        .or_insert_with(|| self.store.get(&h).err().map(|e| e.to_string()))
-                        .clone();
+                    let result = checked.entry(h).or_insert_with(|| self.store.get(&h).err().map(|e| e.to_string())).clone();
                     if let Some(error) = result {
                         damaged.push(Damage {
                             branch: rec.name.clone(),

@@ -86,10 +86,7 @@ impl LocalStore {
         let packs_dir = dir.join("packs");
         std::fs::create_dir_all(&packs_dir)?;
         // redb caches up to 1 GiB by default; the index is hot only in small part.
-        let index = redb::Builder::new()
-            .set_cache_size(INDEX_CACHE_BYTES)
-            .create(dir.join("index.redb"))
-            .map_err(StoreError::index)?;
+        let index = redb::Builder::new().set_cache_size(INDEX_CACHE_BYTES).create(dir.join("index.redb")).map_err(StoreError::index)?;
         {
             let txn = index.begin_write().map_err(StoreError::index)?;
             txn.open_table(OBJECTS).map_err(StoreError::index)?;
@@ -263,10 +260,7 @@ impl GcStore for LocalStore {
         Ok(pack::scan(&self.dir, pack_no)?)
     }
 
-    fn for_each_index_entry(
-        &self,
-        f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn for_each_index_entry(&self, f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>) -> Result<(), StoreError> {
         // Stream the index rather than load it: a large store has millions of entries.
         let txn = self.index.read().begin_read().map_err(StoreError::index)?;
         let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;

@@ -74,12 +74,7 @@ pub fn list(store: &dyn ObjectStore, root: &Hash, skip: Option<&HashSet<Hash>>) 
 
 fn list_map(store: &dyn ObjectStore, map_root: &Hash, file: &mut FileBlocks, out: &mut Listing) {
     out.nodes.push(*map_root);
-    let broken = |hash: Hash, offset: Option<u64>, e: NodeError| BrokenNode {
-        hash,
-        path: file.path.clone(),
-        offset,
-        error: e.to_string(),
-    };
+    let broken = |hash: Hash, offset: Option<u64>, e: NodeError| BrokenNode { hash, path: file.path.clone(), offset, error: e.to_string() };
     let map: MapRoot = match node::get_node(store, map_root) {
         Ok(m) => m,
         Err(e) => return out.broken.push(broken(*map_root, None, e)),
@@ -88,9 +83,7 @@ fn list_map(store: &dyn ObjectStore, map_root: &Hash, file: &mut FileBlocks, out
         let Some(leaf_hash) = leaf_hash else { continue };
         out.nodes.push(*leaf_hash);
         match node::get_node::<MapLeaf>(store, leaf_hash) {
-            Ok(leaf) => file
-                .blocks
-                .extend(leaf.blocks.into_iter().map(|(i, h)| ((leaf_no * MAP_LEAF_BLOCKS) as u64 + i as u64, h))),
+            Ok(leaf) => file.blocks.extend(leaf.blocks.into_iter().map(|(i, h)| ((leaf_no * MAP_LEAF_BLOCKS) as u64 + i as u64, h))),
             Err(e) => {
                 let offset = (leaf_no * MAP_LEAF_BLOCKS * BLOCK_SIZE) as u64;
                 out.broken.push(broken(*leaf_hash, Some(offset), e))

@@ -30,12 +30,25 @@ fn write_then_truncate_fifty_times_leaves_nothing_dirty() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Repository::open(dir.path()).unwrap();
     repo.create_empty("a", 0, 0).unwrap();
-    let ino = repo.get("a").unwrap().update(|t| {
-        let ino = t.next_ino();
-        let op = pgbranch_fs::op::Op::Create { parent: ROOT_INO, name: b"f".to_vec(), ino, kind: pgbranch_fs::op::NewKind::File, mode: libc::S_IFREG | 0o600, uid: 0, gid: 0, rdev: 0, now: NOW };
-        Ok((op, ino))
-    })
-    .unwrap();
+    let ino = repo
+        .get("a")
+        .unwrap()
+        .update(|t| {
+            let ino = t.next_ino();
+            let op = pgbranch_fs::op::Op::Create {
+                parent: ROOT_INO,
+                name: b"f".to_vec(),
+                ino,
+                kind: pgbranch_fs::op::NewKind::File,
+                mode: libc::S_IFREG | 0o600,
+                uid: 0,
+                gid: 0,
+                rdev: 0,
+                now: NOW,
+            };
+            Ok((op, ino))
+        })
+        .unwrap();
     for round in 0..50u64 {
         update(&repo, write_op(ino, 0, &pattern(round, MIB)));
         assert_eq!(branch_counts(&repo), ((MIB / BLOCK) as u64, (MIB / BLOCK) as u64));
@@ -136,7 +149,11 @@ fn replaying_ops_on_the_committed_root_gives_the_same_count() {
     let a = create(&mut t, "a");
     t.apply(&write_op(a, 0, &pattern(1, 4 * BLOCK))).unwrap();
     let root = t.commit().unwrap();
-    let ops = [write_op(a, BLOCK as u64 / 2, &pattern(2, 2 * BLOCK)), truncate_op(a, BLOCK as u64 + 1), write_op(a, 9 * BLOCK as u64, &pattern(3, 10))];
+    let ops = [
+        write_op(a, BLOCK as u64 / 2, &pattern(2, 2 * BLOCK)),
+        truncate_op(a, BLOCK as u64 + 1),
+        write_op(a, 9 * BLOCK as u64, &pattern(3, 10)),
+    ];
     for op in &ops {
         t.apply(op).unwrap();
     }

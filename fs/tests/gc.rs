@@ -92,10 +92,7 @@ impl GcStore for FaultyStore {
         }
         self.inner.pack_records(pack)
     }
-    fn for_each_index_entry(
-        &self,
-        f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>,
-    ) -> Result<(), StoreError> {
+    fn for_each_index_entry(&self, f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let mut seen = 0;
         self.inner.for_each_index_entry(&mut |h, loc| {
             if self.index_fails_after == Some(seen) {
@@ -105,10 +102,7 @@ impl GcStore for FaultyStore {
             f(h, loc)
         })
     }
-    fn copy_records(
-        &self,
-        records: &[(Hash, Location)],
-    ) -> Result<Vec<(Hash, Location)>, StoreError> {
+    fn copy_records(&self, records: &[(Hash, Location)]) -> Result<Vec<(Hash, Location)>, StoreError> {
         if self.copy_fails.load(Ordering::SeqCst) {
             return Err(injected("pack append"));
         }
@@ -180,26 +174,15 @@ fn index_read_error_while_planning_deletes_nothing() {
     let before = pack_files(&store.inner);
 
     let err = gc::plan(&store, &live_set).expect_err("an index read error must abort planning");
-    assert!(
-        err.to_string().contains("injected fault: index read"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("injected fault: index read"), "{err}");
 
     assert_eq!(store.removed.load(Ordering::SeqCst), 0);
     let after = pack_files(&store.inner);
-    assert!(
-        before.iter().all(|p| after.contains(p)),
-        "no pack removed: {before:?} -> {after:?}"
-    );
+    assert!(before.iter().all(|p| after.contains(p)), "no pack removed: {before:?} -> {after:?}");
     for h in live.iter().chain(&dead) {
-        store
-            .get(h)
-            .expect("every object, live or dead, is still there");
+        store.get(h).expect("every object, live or dead, is still there");
     }
-    assert_eq!(
-        store.object_count().unwrap(),
-        (live.len() + dead.len()) as u64
-    );
+    assert_eq!(store.object_count().unwrap(), (live.len() + dead.len()) as u64);
 }
 
 #[test]
@@ -232,16 +215,8 @@ fn a_plan_removes_exactly_the_dead_objects() {
         "{:?}",
         plan.packs
     );
-    assert_eq!(
-        plan.drop_entries,
-        vec![dead[dead.len() - 1]],
-        "pack 3 is kept; its one dead entry is dropped"
-    );
-    assert_eq!(
-        store.removed.load(Ordering::SeqCst),
-        0,
-        "planning deletes nothing"
-    );
+    assert_eq!(plan.drop_entries, vec![dead[dead.len() - 1]], "pack 3 is kept; its one dead entry is dropped");
+    assert_eq!(store.removed.load(Ordering::SeqCst), 0, "planning deletes nothing");
     assert!(plan.estimated_bytes_after() < plan.bytes_before);
 
     let report = gc::execute(&store, plan).unwrap();
@@ -252,10 +227,7 @@ fn a_plan_removes_exactly_the_dead_objects() {
         store.get(h).expect("live objects survive");
     }
     for h in &dead {
-        assert!(
-            matches!(store.get(h), Err(StoreError::Missing(_))),
-            "dead object {h:?} removed"
-        );
+        assert!(matches!(store.get(h), Err(StoreError::Missing(_))), "dead object {h:?} removed");
     }
     let remaining: HashSet<Hash> = store.all_objects().unwrap().into_iter().collect();
     assert_eq!(remaining, live_set);
@@ -277,16 +249,11 @@ fn a_failure_while_executing_loses_no_live_object() {
     let live_set: HashSet<Hash> = live.iter().copied().collect();
     let plan = gc::plan(&store, &live_set).unwrap();
     store.copy_fails.store(true, Ordering::SeqCst);
-    assert!(
-        gc::execute(&store, plan).is_err(),
-        "the rewrite of pack 2 fails"
-    );
+    assert!(gc::execute(&store, plan).is_err(), "the rewrite of pack 2 fails");
     drop(store);
     let store = LocalStore::open(dir.path()).unwrap();
     for h in &live {
-        store
-            .get(h)
-            .expect("live objects survive a failed execution");
+        store.get(h).expect("live objects survive a failed execution");
     }
     // The next GC finishes the job.
     let plan = gc::plan(&store, &live_set).unwrap();
@@ -316,20 +283,7 @@ fn create_file(repo: &Repository, branch: &str, name: &str) -> u64 {
 }
 
 fn write(repo: &Repository, branch: &str, ino: u64, offset: u64, data: &[u8]) {
-    repo.get(branch)
-        .unwrap()
-        .update(|_| {
-            Ok((
-                Op::Write {
-                    ino,
-                    offset,
-                    data: data.to_vec(),
-                    now: Time::now(),
-                },
-                (),
-            ))
-        })
-        .unwrap();
+    repo.get(branch).unwrap().update(|_| Ok((Op::Write { ino, offset, data: data.to_vec(), now: Time::now() }, ()))).unwrap();
 }
 
 /// Reads every node and block every head reaches.
@@ -339,15 +293,11 @@ fn assert_heads_whole(repo: &Repository) {
         let listing = walk::list(repo.store().as_ref(), &rec.root, None);
         assert!(listing.broken.is_empty(), "{} has broken nodes", rec.name);
         for h in &listing.nodes {
-            repo.store()
-                .get(h)
-                .unwrap_or_else(|e| panic!("{}: node {h:?}: {e}", rec.name));
+            repo.store().get(h).unwrap_or_else(|e| panic!("{}: node {h:?}: {e}", rec.name));
         }
         for f in &listing.files {
             for (idx, h) in &f.blocks {
-                repo.store()
-                    .get(h)
-                    .unwrap_or_else(|e| panic!("{}: {} block {idx}: {e}", rec.name, f.path));
+                repo.store().get(h).unwrap_or_else(|e| panic!("{}: {} block {idx}: {e}", rec.name, f.path));
             }
         }
     }
@@ -373,10 +323,7 @@ fn gc_never_removes_what_a_branch_or_snapshot_head_reaches() {
     repo.delete("gone").unwrap();
 
     let report = repo.gc().unwrap();
-    assert!(
-        report.objects_removed > 0,
-        "the deleted branch's blocks and old roots are garbage"
-    );
+    assert!(report.objects_removed > 0, "the deleted branch's blocks and old roots are garbage");
     assert_heads_whole(&repo);
     let again = repo.gc().unwrap();
     assert_eq!(again.objects_removed, 0, "{again:?}");
@@ -397,10 +344,7 @@ fn a_commit_waits_for_the_planned_gc_and_its_blocks_survive() {
 
     let planned = repo.plan_gc().unwrap();
     let doomed = planned.plan().objects_removed;
-    assert!(
-        doomed >= 16,
-        "the snapshot's blocks are planned for removal ({doomed})"
-    );
+    assert!(doomed >= 16, "the snapshot's blocks are planned for removal ({doomed})");
 
     // The same bytes again: a put would find the doomed copies in the index and skip
     // storing them; the lock makes the commit wait until they are gone.
@@ -418,10 +362,7 @@ fn a_commit_waits_for_the_planned_gc_and_its_blocks_survive() {
     };
     started_rx.recv().unwrap();
     std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(
-        !done.load(Ordering::SeqCst),
-        "a commit may not land between plan and execute"
-    );
+    assert!(!done.load(Ordering::SeqCst), "a commit may not land between plan and execute");
     let report = repo.execute_gc(planned).unwrap();
     assert_eq!(report.objects_removed, doomed);
     committer.join().unwrap();
@@ -429,8 +370,6 @@ fn a_commit_waits_for_the_planned_gc_and_its_blocks_survive() {
     assert_heads_whole(&repo);
     for i in 0..16 {
         let h = Hash::of(&old[i * BLOCK..(i + 1) * BLOCK]);
-        repo.store()
-            .get(&h)
-            .expect("the recommitted block is stored anew");
+        repo.store().get(&h).expect("the recommitted block is stored anew");
     }
 }

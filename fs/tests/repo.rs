@@ -13,7 +13,17 @@ fn create_file(repo: &Repository, branch: &str, name: &str) -> u64 {
     let b = repo.get(branch).unwrap();
     b.update(|t| {
         let ino = t.next_ino();
-        let op = Op::Create { parent: ROOT_INO, name: name.as_bytes().to_vec(), ino, kind: NewKind::File, mode: libc::S_IFREG | 0o600, uid: 0, gid: 0, rdev: 0, now: Time::now() };
+        let op = Op::Create {
+            parent: ROOT_INO,
+            name: name.as_bytes().to_vec(),
+            ino,
+            kind: NewKind::File,
+            mode: libc::S_IFREG | 0o600,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            now: Time::now(),
+        };
         Ok((op, ino))
     })
     .unwrap()

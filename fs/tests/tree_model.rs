@@ -150,7 +150,17 @@ fn run(seed: u64, steps: usize) {
 }
 
 fn create_op(name: &str, ino: u64) -> Op {
-    Op::Create { parent: ROOT_INO, name: name.into(), ino, kind: pgbranch_fs::op::NewKind::File, mode: libc::S_IFREG | 0o600, uid: 0, gid: 0, rdev: 0, now: NOW }
+    Op::Create {
+        parent: ROOT_INO,
+        name: name.into(),
+        ino,
+        kind: pgbranch_fs::op::NewKind::File,
+        mode: libc::S_IFREG | 0o600,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        now: NOW,
+    }
 }
 
 #[test]

@@ -85,11 +85,8 @@ pub struct TestStore {
 
 impl TestStore {
     pub fn new(tag: &str) -> TestStore {
-        let dir = std::env::temp_dir().join(format!(
-            "pgbranch-test-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("pgbranch-test-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
         detach_mounts_under(&dir);
         let _ = std::fs::remove_dir_all(&dir);
         TestStore { dir, bin: pgbranch_bin() }
@@ -300,7 +297,10 @@ pub fn pgbench_sums(server: &Server) -> [i64; 4] {
 
 pub fn assert_pgbench_invariant(server: &Server, what: &str) {
     let s = pgbench_sums(server);
-    assert!(s[0] == s[1] && s[1] == s[2] && s[2] == s[3], "{what}: pgbench balances disagree: accounts, branches, tellers, history = {s:?}");
+    assert!(
+        s[0] == s[1] && s[1] == s[2] && s[2] == s[3],
+        "{what}: pgbench balances disagree: accounts, branches, tellers, history = {s:?}"
+    );
 }
 
 /// A source database for follower tests: a plain postgres on local disk, listening on
@@ -344,7 +344,8 @@ impl SourceDb {
     pub fn start_with(tag: &str, opts: SourceOptions) -> SourceDb {
         let (default_bin, owner) = pg_env();
         let bin = opts.bin.clone().unwrap_or(default_bin);
-        let dir = std::env::temp_dir().join(format!("pgbranch-source-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
+        let dir =
+            std::env::temp_dir().join(format!("pgbranch-source-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
@@ -376,7 +377,11 @@ impl SourceDb {
         append_lines(&conf_dir.join("postgresql.conf"), &opts.settings);
         if !opts.hba.is_empty() {
             let hba = conf_dir.join("pg_hba.conf");
-            let old = if opts.hba_only { "local all all trust\nlocal replication all trust\n".to_string() } else { std::fs::read_to_string(&hba).unwrap() };
+            let old = if opts.hba_only {
+                "local all all trust\nlocal replication all trust\n".to_string()
+            } else {
+                std::fs::read_to_string(&hba).unwrap()
+            };
             std::fs::write(&hba, format!("{}\n{old}", opts.hba.join("\n"))).unwrap();
         }
         for (name, bytes, mode) in &opts.files {
@@ -388,7 +393,8 @@ impl SourceDb {
                 libc::chmod(c.as_ptr(), *mode);
             }
         }
-        let extra = if opts.conf_outside_pgdata { format!("-c config_file={}", conf_dir.join("postgresql.conf").display()) } else { String::new() };
+        let extra =
+            if opts.conf_outside_pgdata { format!("-c config_file={}", conf_dir.join("postgresql.conf").display()) } else { String::new() };
         let server = Server::start_with(&bin, &owner, &data, &dir.join("run"), pg::free_port().unwrap(), &extra).unwrap();
         SourceDb { server, dir, password, conf_dir }
     }
@@ -396,10 +402,19 @@ impl SourceDb {
     /// Changes settings and restarts the source (same port, same data).
     pub fn restart_with(&mut self, settings: &[&str]) {
         append_lines(&self.conf_dir.join("postgresql.conf"), &settings.iter().map(|s| s.to_string()).collect::<Vec<_>>());
-        let (bin, owner, data, socket, port) =
-            (self.server.bin.clone(), self.server.owner.clone(), self.server.data.clone(), self.server.socket_dir.clone(), self.server.port);
+        let (bin, owner, data, socket, port) = (
+            self.server.bin.clone(),
+            self.server.owner.clone(),
+            self.server.data.clone(),
+            self.server.socket_dir.clone(),
+            self.server.port,
+        );
         self.server.stop().unwrap();
-        let extra = if self.conf_dir != data { format!("-c config_file={}", self.conf_dir.join("postgresql.conf").display()) } else { String::new() };
+        let extra = if self.conf_dir != data {
+            format!("-c config_file={}", self.conf_dir.join("postgresql.conf").display())
+        } else {
+            String::new()
+        };
         self.server = Server::start_with(&bin, &owner, &data, &socket, port, &extra).expect("restarting the source");
     }
 
@@ -462,7 +477,13 @@ pub fn bench_table_rows(rows: &[Value]) -> String {
             None => "INFO",
         };
         let cell = |k: &str| r[k].as_str().unwrap_or("").replace('|', "\\|");
-        md.push_str(&format!("| {} | {} | {} | {ratio} | {} | {result} |\n", cell("metric"), cell("pgbranch"), cell("baseline"), cell("target")));
+        md.push_str(&format!(
+            "| {} | {} | {} | {ratio} | {} | {result} |\n",
+            cell("metric"),
+            cell("pgbranch"),
+            cell("baseline"),
+            cell("target")
+        ));
     }
     md
 }

@@ -64,7 +64,10 @@ impl PackagedCluster {
             "pg_createcluster",
         );
         let conf_dir = Self::conf_dir_of(version, &name);
-        assert!(conf_dir.join("postgresql.conf").exists() && !data.join("postgresql.conf").exists(), "a packaged layout keeps its configuration outside PGDATA");
+        assert!(
+            conf_dir.join("postgresql.conf").exists() && !data.join("postgresql.conf").exists(),
+            "a packaged layout keeps its configuration outside PGDATA"
+        );
         crate::append_lines(&conf_dir.join("conf.d").join("tuned.conf"), &settings.iter().map(|s| s.to_string()).collect::<Vec<_>>());
         std::os::unix::fs::chown(conf_dir.join("conf.d").join("tuned.conf"), Some(owner.uid), Some(owner.gid)).ok();
         let mut c = PackagedCluster {
@@ -91,7 +94,10 @@ impl PackagedCluster {
 
     /// `pg_ctlcluster VERSION NAME ACTION` (start, stop, restart: fast mode).
     pub fn ctl(&mut self, action: &str) {
-        run(Command::new("pg_ctlcluster").args(["-m", "fast", &self.version.to_string(), &self.name, action]), &format!("pg_ctlcluster {action}"));
+        run(
+            Command::new("pg_ctlcluster").args(["-m", "fast", &self.version.to_string(), &self.name, action]),
+            &format!("pg_ctlcluster {action}"),
+        );
         if action != "stop" {
             // The socket answers once the server accepts connections.
             let t = std::time::Instant::now();
@@ -104,7 +110,10 @@ impl PackagedCluster {
 
     /// Adds settings to conf.d (a file read after tuned.conf) and restarts the cluster.
     pub fn raise(&mut self, settings: &[&str]) {
-        crate::append_lines(&self.conf_dir().join("conf.d").join("zz-raised.conf"), &settings.iter().map(|s| s.to_string()).collect::<Vec<_>>());
+        crate::append_lines(
+            &self.conf_dir().join("conf.d").join("zz-raised.conf"),
+            &settings.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        );
         self.ctl("restart");
     }
 

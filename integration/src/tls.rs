@@ -47,50 +47,22 @@ pub struct Certs {
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("running openssl");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("running openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 const EC: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
 
 fn make_ca(dir: &Path, name: &str, cn: &str) {
-    let (key, crt, subj) = (
-        format!("{name}.key"),
-        format!("{name}.crt"),
-        format!("/CN={cn}"),
-    );
-    let mut args = vec![
-        "req",
-        "-x509",
-        "-new",
-        "-nodes",
-        "-days",
-        "30",
-        "-config",
-        "openssl.cnf",
-        "-extensions",
-        "ca",
-    ];
+    let (key, crt, subj) = (format!("{name}.key"), format!("{name}.crt"), format!("/CN={cn}"));
+    let mut args = vec!["req", "-x509", "-new", "-nodes", "-days", "30", "-config", "openssl.cnf", "-extensions", "ca"];
     args.extend(EC);
     args.extend(["-keyout", &key, "-out", &crt, "-subj", &subj]);
     openssl(dir, &args);
 }
 
 fn make_leaf(dir: &Path, name: &str, cn: &str, extensions: &str) {
-    let (key, csr, crt, subj) = (
-        format!("{name}.key"),
-        format!("{name}.csr"),
-        format!("{name}.crt"),
-        format!("/CN={cn}"),
-    );
+    let (key, csr, crt, subj) = (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("/CN={cn}"));
     let mut args = vec!["req", "-new", "-nodes", "-config", "openssl.cnf"];
     args.extend(EC);
     args.extend(["-keyout", &key, "-out", &csr, "-subj", &subj]);
@@ -126,11 +98,8 @@ fn chmod(path: &Path, mode: u32) {
 
 impl Certs {
     pub fn make(tag: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!(
-            "pgbranch-certs-{tag}-{}-{}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
+        let dir =
+            std::env::temp_dir().join(format!("pgbranch-certs-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         chmod(&dir, 0o700);
@@ -156,24 +125,16 @@ impl Certs {
     /// replication alike. `settings` are extra postgresql.conf lines.
     pub fn source(&self, tag: &str, method: &str, settings: &[&str]) -> SourceDb {
         let read = |p: &Path| std::fs::read(p).unwrap();
-        let mut all: Vec<String> = [
-            "ssl = on",
-            "ssl_cert_file = 'server.crt'",
-            "ssl_key_file = 'server.key'",
-            "ssl_ca_file = 'root.crt'",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+        let mut all: Vec<String> = ["ssl = on", "ssl_cert_file = 'server.crt'", "ssl_key_file = 'server.key'", "ssl_ca_file = 'root.crt'"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
         all.extend(settings.iter().map(|s| s.to_string()));
         SourceDb::start_with(
             tag,
             SourceOptions {
                 settings: all,
-                hba: vec![
-                    format!("hostssl all all 127.0.0.1/32 {method}"),
-                    format!("hostssl replication all 127.0.0.1/32 {method}"),
-                ],
+                hba: vec![format!("hostssl all all 127.0.0.1/32 {method}"), format!("hostssl replication all 127.0.0.1/32 {method}")],
                 hba_only: true,
                 files: vec![
                     ("server.crt".into(), read(&self.server_cert), 0o644),
@@ -194,13 +155,6 @@ impl Drop for Certs {
 
 /// `postgresql://postgres[:password]@HOST:PORT/postgres?PARAMS`.
 pub fn url(source: &SourceDb, host: &str, password: bool, params: &str) -> String {
-    let auth = if password {
-        format!("postgres:{}", source.password)
-    } else {
-        "postgres".into()
-    };
-    format!(
-        "postgresql://{auth}@{host}:{}/postgres?{params}",
-        source.server.port
-    )
+    let auth = if password { format!("postgres:{}", source.password) } else { "postgres".into() };
+    format!("postgresql://{auth}@{host}:{}/postgres?{params}", source.server.port)
 }

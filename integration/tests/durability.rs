@@ -86,12 +86,8 @@ fn acknowledged_commits_survive_daemon_kill() {
 
         store.ok(&["status"]); // restarts the daemon: replays intent logs, remounts
         let s = store.start("a");
-        let present: std::collections::HashSet<u64> = s
-            .psql("postgres", "SELECT id FROM acks")
-            .unwrap()
-            .lines()
-            .map(|l| l.trim().parse().unwrap())
-            .collect();
+        let present: std::collections::HashSet<u64> =
+            s.psql("postgres", "SELECT id FROM acks").unwrap().lines().map(|l| l.trim().parse().unwrap()).collect();
         let lost: Vec<u64> = all_acked.iter().filter(|id| !present.contains(id)).copied().collect();
         assert!(lost.is_empty(), "cycle {cycle}: {} acknowledged commits lost, e.g. {:?}", lost.len(), &lost[..lost.len().min(10)]);
         assert_pgbench_invariant(&s, &format!("after crash {cycle}"));

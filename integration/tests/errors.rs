@@ -151,6 +151,22 @@ fn second_daemon_is_refused() {
     let mut err = String::new();
     std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
     assert!(!status.success());
-    assert!(err.contains(&format!("already serving")) && err.contains(&pid.to_string()), "{err}");
+    assert!(err.contains("already serving") && err.contains(&pid.to_string()), "{err}");
     assert_eq!(store.daemon_pid(), Some(pid), "the first daemon is untouched");
+}
+
+#[test]
+fn a_closed_stdout_ends_a_verb_quietly() {
+    let store = TestStore::new("err-pipe");
+    store.ok(&["branch", "create", "a", "--empty"]);
+    for verb in [&["branch", "list", "--json"][..], &["status"], &["du"]] {
+        // The reader is gone before the verb writes (as after `| head -1` read its line).
+        let (reader, writer) = std::io::pipe().unwrap();
+        drop(reader);
+        let out = store.command().args(verb).stdout(writer).stderr(std::process::Stdio::piped()).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.is_empty(), "pgbranch {verb:?} into a closed pipe said: {err}");
+        use std::os::unix::process::ExitStatusExt;
+        assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{verb:?}: {:?}", out.status);
+    }
 }

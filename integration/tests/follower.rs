@@ -90,13 +90,21 @@ fn follow_branch_share_and_connect() {
     assert!(physical as f64 <= 1.2 * single_copy as f64, "store {physical} B > 1.2 x single copy {single_copy} B");
 
     // 6. The URL works for another OS user, only with the password, only on loopback.
-    let out = Command::new("runuser").args(["-u", "nobody", "--"]).arg(pg_env().0.tool("psql"))
-        .args(["-X", "-A", "-t", &b1_url, "-c", "SELECT count(*) FROM only_in_b1"]).output().unwrap();
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(pg_env().0.tool("psql"))
+        .args(["-X", "-A", "-t", &b1_url, "-c", "SELECT count(*) FROM only_in_b1"])
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1", "{}", String::from_utf8_lossy(&out.stderr));
     let no_password = b1_url.replacen(&format!(":{}@", b1_url.split(':').nth(2).unwrap().split('@').next().unwrap()), "@", 1);
     assert!(!no_password.contains(&b1_url.split(':').nth(2).unwrap().split('@').next().unwrap().to_string()));
-    let err = Command::new("runuser").args(["-u", "nobody", "--"]).arg(pg_env().0.tool("psql"))
-        .args(["-X", "-w", &no_password, "-c", "SELECT 1"]).output().unwrap();
+    let err = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(pg_env().0.tool("psql"))
+        .args(["-X", "-w", &no_password, "-c", "SELECT 1"])
+        .output()
+        .unwrap();
     assert!(!err.status.success(), "connecting without the password must fail");
     assert_eq!(psql_url(&b1_url, "SHOW listen_addresses").unwrap(), "127.0.0.1");
 }

@@ -212,10 +212,8 @@ fn masked_main_equals_masked_source_after_mixed_workload() {
         insert_doc(&mut src, id, id as u64);
     }
     src.batch_execute("INSERT INTO bulk SELECT g, 'bulk' || g || '@b.example', g % 1000 FROM generate_series(1, 1000) g").unwrap();
-    let toasted: i64 = src
-        .query_one("SELECT count(*) FROM docs WHERE pg_column_size(body) = length(body) AND length(body) > 90000", &[])
-        .unwrap()
-        .get(0);
+    let toasted: i64 =
+        src.query_one("SELECT count(*) FROM docs WHERE pg_column_size(body) = length(body) AND length(body) > 90000", &[]).unwrap().get(0);
     assert_eq!(toasted, 6, "docs.body is stored out of line, uncompressed");
 
     let config_path = write_config(&store.dir.join("cfg"), "transform.yaml", CONFIG);
@@ -282,20 +280,22 @@ fn masked_main_equals_masked_source_after_mixed_workload() {
     )
     .unwrap();
     // Rolled back: whole transactions, and a savepoint inside a committed one.
-    src.batch_execute(&format!(
-        "BEGIN; {}; UPDATE docs SET rev = -1; DELETE FROM audit; TRUNCATE bulk; ROLLBACK",
-        customers_sql(900..950)
-    ))
-    .unwrap();
+    src.batch_execute(&format!("BEGIN; {}; UPDATE docs SET rev = -1; DELETE FROM audit; TRUNCATE bulk; ROLLBACK", customers_sql(900..950)))
+        .unwrap();
     {
         let mut tx = src.transaction().unwrap();
         tx.batch_execute("INSERT INTO bulk VALUES (-1, 'kept@b.example', 1)").unwrap();
-        tx.batch_execute("SAVEPOINT s; INSERT INTO bulk VALUES (-2, 'gone@b.example', 2); DELETE FROM customers WHERE id = 5; ROLLBACK TO SAVEPOINT s").unwrap();
+        tx.batch_execute(
+            "SAVEPOINT s; INSERT INTO bulk VALUES (-2, 'gone@b.example', 2); DELETE FROM customers WHERE id = 5; ROLLBACK TO SAVEPOINT s",
+        )
+        .unwrap();
         tx.execute("UPDATE docs SET body = $1 WHERE id = 3", &[&big_body(7777)]).unwrap();
         tx.rollback().unwrap();
     }
-    src.batch_execute("BEGIN; INSERT INTO bulk VALUES (-3, 'kept@b.example', 3); SAVEPOINT s; UPDATE bulk SET v = 0; ROLLBACK TO s; COMMIT")
-        .unwrap();
+    src.batch_execute(
+        "BEGIN; INSERT INTO bulk VALUES (-3, 'kept@b.example', 3); SAVEPOINT s; UPDATE bulk SET v = 0; ROLLBACK TO s; COMMIT",
+    )
+    .unwrap();
     // TRUNCATE of a table, then new rows in it.
     src.batch_execute(&format!("TRUNCATE orders; {}", orders_sql(40..60, 2))).unwrap();
     // One big transaction: 100k rows (over 4 MiB of SQL), sent to main in pieces.
@@ -369,8 +369,10 @@ transformations:
         card: {name: template, parameters: {template: \"{id}/{bio}\"}}
 ";
     let mut src = source.client();
-    src.batch_execute("CREATE TABLE profiles (id int PRIMARY KEY, bio text, n int, card text); ALTER TABLE profiles ALTER bio SET STORAGE EXTERNAL")
-        .unwrap();
+    src.batch_execute(
+        "CREATE TABLE profiles (id int PRIMARY KEY, bio text, n int, card text); ALTER TABLE profiles ALTER bio SET STORAGE EXTERNAL",
+    )
+    .unwrap();
     for id in 1..=3 {
         src.execute("INSERT INTO profiles VALUES ($1, $2, 0, 'c')", &[&id, &big_body(id as u64)]).unwrap();
     }

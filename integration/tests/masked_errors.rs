@@ -133,18 +133,31 @@ fn bad_configs_and_sources_are_refused_before_anything_is_created() {
     at_line(&err, &path("param-type.yaml"), &[line(&yaml, "maybe")], &mut wrong_lines);
 
     // The same with list entries written `- table: x` (schema defaulting to public).
-    let yaml = GOOD.replace("    - schema: public\n      table:", "    - table:").replace(
-        "        id: {name: keep}\n        user_id",
-        "        id: {name: hash, parameters: {length: 4}}\n        user_id",
-    );
+    let yaml = GOOD
+        .replace("    - schema: public\n      table:", "    - table:")
+        .replace("        id: {name: keep}\n        user_id", "        id: {name: hash, parameters: {length: 4}}\n        user_id");
     let cfg = write_config(&dir, "param-short.yaml", &yaml);
     let err = refused(&store, &source, &cfg, &[], &[s("public.events.id"), s("'length' must be between 8 and 64")]);
     at_line(&err, &path("param-short.yaml"), &[line(&yaml, "length: 4")], &mut wrong_lines);
 
     // An unknown table, an unknown column.
-    let cfg = write_config(&dir, "table.yaml", &format!("{GOOD}    - schema: public\n      table: ghosts\n      column_transformers:\n        id: {{name: keep}}\n"));
-    refused(&store, &source, &cfg, &[], &[s("table public.ghosts is in the config but not replicated from the source"), path("table.yaml")]);
-    let cfg = write_config(&dir, "column.yaml", &edit("        city: {name: keep}\n", "        city: {name: keep}\n        nickname: {name: keep}\n"));
+    let cfg = write_config(
+        &dir,
+        "table.yaml",
+        &format!("{GOOD}    - schema: public\n      table: ghosts\n      column_transformers:\n        id: {{name: keep}}\n"),
+    );
+    refused(
+        &store,
+        &source,
+        &cfg,
+        &[],
+        &[s("table public.ghosts is in the config but not replicated from the source"), path("table.yaml")],
+    );
+    let cfg = write_config(
+        &dir,
+        "column.yaml",
+        &edit("        city: {name: keep}\n", "        city: {name: keep}\n        nickname: {name: keep}\n"),
+    );
     refused(&store, &source, &cfg, &[], &[s("column public.users.nickname is in the config but not in the source table")]);
 
     // Malformed YAML, with its line.
@@ -157,7 +170,13 @@ fn bad_configs_and_sources_are_refused_before_anything_is_created() {
     // (a short hash: 8 hex digits collide; email, even length-preserving, does not).
     let yaml = edit("email: {name: email}", "email: {name: hash, parameters: {length: 8}}");
     let cfg = write_config(&dir, "unique.yaml", &yaml);
-    let err = refused(&store, &source, &cfg, &[], &[s("public.users.email has a unique index"), s("'hash' can map two values to one"), s("length >= 16")]);
+    let err = refused(
+        &store,
+        &source,
+        &cfg,
+        &[],
+        &[s("public.users.email has a unique index"), s("'hash' can map two values to one"), s("length >= 16")],
+    );
     at_line(&err, &path("unique.yaml"), &[line(&yaml, "length: 8")], &mut wrong_lines);
 
     // No config file at all.
@@ -168,7 +187,13 @@ fn bad_configs_and_sources_are_refused_before_anything_is_created() {
     source.server.psql("postgres", "CREATE TABLE audit (at timestamptz, msg text)").unwrap();
     let yaml = format!("{GOOD}    - schema: public\n      table: audit\n      column_transformers:\n        at: {{name: keep}}\n        msg: {{name: keep}}\n");
     let cfg = write_config(&dir, "nokey.yaml", &yaml);
-    refused(&store, &source, &cfg, &[], &[s("public.audit"), s("no primary key or replica identity"), s("REPLICA IDENTITY FULL"), s("nothing was created")]);
+    refused(
+        &store,
+        &source,
+        &cfg,
+        &[],
+        &[s("public.audit"), s("no primary key or replica identity"), s("REPLICA IDENTITY FULL"), s("nothing was created")],
+    );
     source.server.psql("postgres", "DROP TABLE audit").unwrap();
 
     // A source with wal_level=replica (the default).
@@ -184,7 +209,10 @@ fn bad_configs_and_sources_are_refused_before_anything_is_created() {
     let out = relaxed_store.run(&["clone", "stream", "--source-url", &url, "--config", cfg.to_str().unwrap(), "--validation", "relaxed"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "relaxed clone failed:\n{err}");
-    assert!(err.contains("WARNING") && err.contains("public.users.city") && err.contains("UNMASKED"), "a loud warning naming the column:\n{err}");
+    assert!(
+        err.contains("WARNING") && err.contains("public.users.city") && err.contains("UNMASKED"),
+        "a loud warning naming the column:\n{err}"
+    );
     assert!(!err.contains("public.users.email") && !err.contains("public.events"), "only uncovered columns are named:\n{err}");
     let main_url = String::from_utf8_lossy(&out.stdout).lines().last().unwrap().trim().to_string();
     let q = "SELECT city, email FROM users WHERE id = 7";
@@ -201,7 +229,10 @@ fn bad_configs_and_sources_are_refused_before_anything_is_created() {
     let store = TestStore::new("mask-addcol");
     let main_url = clone_masked(&store, &source, &good, &[]);
     source.server.psql("postgres", "INSERT INTO users VALUES (51, 'late@corp.example', 'Late Person', 'City 1')").unwrap();
-    assert!(wait_until(Duration::from_secs(30), || psql_url(&main_url, "SELECT count(*) FROM users").as_deref() == Ok("51")), "main streams");
+    assert!(
+        wait_until(Duration::from_secs(30), || psql_url(&main_url, "SELECT count(*) FROM users").as_deref() == Ok("51")),
+        "main streams"
+    );
     source
         .server
         .psql("postgres", "ALTER TABLE users ADD COLUMN ssn text; INSERT INTO users VALUES (52, 'new@corp.example', 'New Person', 'City 2', 'SSN-RAW-734-11-9052')")
@@ -217,21 +248,37 @@ fn bad_configs_and_sources_are_refused_before_anything_is_created() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(masked::follower_status(&store)["state"], "error", "it stays stopped (not retried into main)");
     assert_eq!(psql_url(&main_url, "SELECT count(*) FROM users WHERE id = 52").unwrap(), "0", "the row did not reach main");
-    let cols = psql_url(&main_url, "SELECT string_agg(column_name, ',' ORDER BY column_name) FROM information_schema.columns WHERE table_name = 'users'").unwrap();
+    let cols = psql_url(
+        &main_url,
+        "SELECT string_agg(column_name, ',' ORDER BY column_name) FROM information_schema.columns WHERE table_name = 'users'",
+    )
+    .unwrap();
     assert_eq!(cols, "city,email,id,name", "main has no ssn column yet");
 
     // A reload that still leaves it uncovered is refused; one that covers it resumes.
     let still = store.fail(&["clone", "reload", "--config", good.to_str().unwrap()]);
     assert!(still.contains("public.users.ssn"), "reload checks the config against the source first: {still}");
-    let fixed_yaml = GOOD.replace("        city: {name: keep}\n", "        city: {name: keep}\n        ssn: {name: hash, parameters: {length: 16}}\n");
+    let fixed_yaml =
+        GOOD.replace("        city: {name: keep}\n", "        city: {name: keep}\n        ssn: {name: hash, parameters: {length: 16}}\n");
     let fixed = write_config(&dir, "fixed.yaml", &fixed_yaml);
     store.ok(&["clone", "reload", "--config", fixed.to_str().unwrap()]);
-    source.server.psql("postgres", "INSERT INTO users VALUES (53, 'newer@corp.example', 'Newer Person', 'City 3', 'SSN-RAW-734-11-9053')").unwrap();
+    source
+        .server
+        .psql("postgres", "INSERT INTO users VALUES (53, 'newer@corp.example', 'Newer Person', 'City 3', 'SSN-RAW-734-11-9053')")
+        .unwrap();
     let select = "SELECT id, email, name, city, ssn FROM users ORDER BY id";
     let config = TransformConfig::parse("fixed.yaml", &fixed_yaml).unwrap();
-    let want = masked_rows(&mut source.client(), select, &config, "public.users", &["id", "email", "name", "city", "ssn"], &masked::mask_key(&store));
+    let want = masked_rows(
+        &mut source.client(),
+        select,
+        &config,
+        "public.users",
+        &["id", "email", "name", "city", "ssn"],
+        &masked::mask_key(&store),
+    );
     let mut main = postgres::Client::connect(&main_url, postgres::NoTls).unwrap();
-    let caught_up = wait_until(Duration::from_secs(30), || main.query("SELECT 1 FROM users WHERE id = 53", &[]).is_ok_and(|r| r.len() == 1));
+    let caught_up =
+        wait_until(Duration::from_secs(30), || main.query("SELECT 1 FROM users WHERE id = 53", &[]).is_ok_and(|r| r.len() == 1));
     assert!(caught_up, "the stream resumes after the reload: {}", masked::follower_status(&store));
     assert_eq!(masked::copy_rows(&mut main, select), want, "main holds the rows, ssn masked as fixed.yaml says");
     let ssn: String = main.query_one("SELECT ssn FROM users WHERE id = 52", &[]).unwrap().get(0);

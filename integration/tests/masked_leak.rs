@@ -161,7 +161,13 @@ impl Gen {
     }
 }
 
-fn insert_customers(tx: &mut postgres::Transaction, g: &mut Gen, ids: std::ops::RangeInclusive<i32>, with_bio: &[i32], emails: &mut HashMap<i32, String>) {
+fn insert_customers(
+    tx: &mut postgres::Transaction,
+    g: &mut Gen,
+    ids: std::ops::RangeInclusive<i32>,
+    with_bio: &[i32],
+    emails: &mut HashMap<i32, String>,
+) {
     let st = tx
         .prepare("INSERT INTO customers (id, email, full_name, phone, address, tax_id, note, bio) VALUES ($1,$2,$3,$4,$5,$6,$7,$8)")
         .unwrap();
@@ -330,7 +336,8 @@ fn no_pii_value_reaches_the_store_or_its_logs() {
     // bio unchanged: the stream carries it as an unchanged TOAST value.
     tx.execute("UPDATE customers SET note = 'note-updated' WHERE id = 3", &[]).unwrap();
     tx.commit().unwrap();
-    src.batch_execute("DELETE FROM customers WHERE id BETWEEN 651 AND 700 OR id = 4; DELETE FROM orders WHERE id BETWEEN 651 AND 700;").unwrap();
+    src.batch_execute("DELETE FROM customers WHERE id BETWEEN 651 AND 700 OR id = 4; DELETE FROM orders WHERE id BETWEEN 651 AND 700;")
+        .unwrap();
     assert_eq!(g.pii.len(), PII_VALUES, "the test seeds exactly {PII_VALUES} PII values");
     assert_eq!(g.pii.iter().collect::<HashSet<_>>().len(), PII_VALUES, "the PII values are distinct");
     assert!(g.pii.iter().all(|v| v.len() >= 12));
@@ -359,7 +366,10 @@ fn no_pii_value_reaches_the_store_or_its_logs() {
     assert!(local.len() == 20 && ["example.com", "example.net", "example.org"].contains(&domain), "email masked fully: {email}");
     assert!(!col(&m, 1).starts_with("Zq") && col(&m, 1).contains(' '), "full name from the word lists: {}", col(&m, 1));
     let (sp, mp) = (col(&s, 2), col(&m, 2));
-    assert!(sp != mp && sp.len() == mp.len() && sp.chars().zip(mp.chars()).all(|(a, b)| a.is_ascii_digit() == b.is_ascii_digit()), "phone digits masked, format kept: {sp} -> {mp}");
+    assert!(
+        sp != mp && sp.len() == mp.len() && sp.chars().zip(mp.chars()).all(|(a, b)| a.is_ascii_digit() == b.is_ascii_digit()),
+        "phone digits masked, format kept: {sp} -> {mp}"
+    );
     assert!(!col(&m, 3).contains("Leakwood"), "address masked: {}", col(&m, 3));
     assert!(col(&m, 4).len() == col(&s, 4).len() && col(&m, 4).chars().all(|c| c.is_ascii_alphanumeric()), "tax id masked by string");
     assert_eq!(col(&m, 5), col(&s, 5), "note kept");
@@ -402,11 +412,16 @@ fn no_pii_value_reaches_the_store_or_its_logs() {
     // The masked store: not one PII value, anywhere.
     let mut leaks: Vec<(usize, &String)> = masked.first.iter().filter(|(p, _)| **p < PII_VALUES).map(|(p, w)| (*p, w)).collect();
     leaks.sort();
-    let report: Vec<String> = leaks.iter().take(20).map(|(p, w)| format!("  {:?} ({} times) in {w}", patterns[*p], masked.counts[p])).collect();
+    let report: Vec<String> =
+        leaks.iter().take(20).map(|(p, w)| format!("  {:?} ({} times) in {w}", patterns[*p], masked.counts[p])).collect();
     assert!(leaks.is_empty(), "{} of {PII_VALUES} PII values found in the masked store:\n{}", leaks.len(), report.join("\n"));
     // ...while its kept, non-PII notes are there: the scan sees the masked store's data.
     let notes_seen = live_notes.iter().filter(|p| masked.counts.contains_key(p)).count();
-    assert!(notes_seen * 10 >= live_notes.len() * 9 && notes_seen > 0, "the masked store's kept notes: {notes_seen} of {} found", live_notes.len());
+    assert!(
+        notes_seen * 10 >= live_notes.len() * 9 && notes_seen > 0,
+        "the masked store's kept notes: {notes_seen} of {} found",
+        live_notes.len()
+    );
 
     // The control store (columns kept): the same scan finds the live values.
     let found = live_pii.iter().filter(|p| control.counts.contains_key(p)).count();

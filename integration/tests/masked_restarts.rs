@@ -83,7 +83,14 @@ fn one_txn(c: &mut postgres::Client, i: i64) -> Result<(), postgres::Error> {
     let mut tx = c.transaction()?;
     tx.execute(
         "INSERT INTO events VALUES ($1, $2, $3), ($4, $5, $6)",
-        &[&(2 * i), &format!("payload {i} it's \\ \t"), &format!("w{i}@writer.example"), &(2 * i + 1), &"second", &format!("x{i}@writer.example")],
+        &[
+            &(2 * i),
+            &format!("payload {i} it's \\ \t"),
+            &format!("w{i}@writer.example"),
+            &(2 * i + 1),
+            &"second",
+            &format!("x{i}@writer.example"),
+        ],
     )?;
     tx.execute("UPDATE counters SET n = n + 1 WHERE id = 1", &[])?;
     tx.execute("INSERT INTO ledger VALUES ($1, $2)", &[&i, &format!("note {i}")])?;
@@ -209,7 +216,8 @@ fn no_change_lost_or_doubled_across_daemon_kills_and_source_restarts() {
 
     // Main catches up with the (now quiet) source.
     let mut src = source.client();
-    let probe = "SELECT ((SELECT count(*) FROM events) * 1000003 + (SELECT coalesce(sum(seq), 0) FROM ledger) * 7 + (SELECT count(*) FROM ledger) \
+    let probe =
+        "SELECT ((SELECT count(*) FROM events) * 1000003 + (SELECT coalesce(sum(seq), 0) FROM ledger) * 7 + (SELECT count(*) FROM ledger) \
                  + (SELECT n FROM counters WHERE id = 1) * 13)::bigint";
     let want: i64 = src.query_one(probe, &[]).unwrap().get(0);
     let t = Instant::now();
@@ -221,7 +229,8 @@ fn no_change_lost_or_doubled_across_daemon_kills_and_source_restarts() {
     let doubled = copy_rows(&mut main, "SELECT seq, count(*) FROM ledger GROUP BY seq HAVING count(*) > 1 ORDER BY seq");
     assert!(doubled.is_empty(), "ledger lines applied more than once on main (seq, count): {:?}", &doubled[..doubled.len().min(20)]);
     let ledger = "SELECT seq, note FROM ledger ORDER BY seq";
-    let (want_ledger, got_ledger) = (masked_rows(&mut src, ledger, &config, "public.ledger", &["seq", "note"], &key), copy_rows(&mut main, ledger));
+    let (want_ledger, got_ledger) =
+        (masked_rows(&mut src, ledger, &config, "public.ledger", &["seq", "note"], &key), copy_rows(&mut main, ledger));
     if want_ledger != got_ledger {
         let missing: Vec<&String> = want_ledger.iter().filter(|l| !got_ledger.contains(l)).take(10).collect();
         panic!("ledger: {} lines on the source, {} on main; missing on main (first 10): {missing:?}", want_ledger.len(), got_ledger.len());
@@ -287,7 +296,8 @@ fn confirmation_never_runs_ahead_of_main() {
     let mut main = postgres::Client::connect(&main_url, postgres::NoTls).unwrap();
     let mut monitor = source.client();
     let slot_confirmed = |m: &mut postgres::Client| -> u64 {
-        let text: String = m.query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'pgbranch'", &[]).unwrap().get(0);
+        let text: String =
+            m.query_one("SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'pgbranch'", &[]).unwrap().get(0);
         lsn(&text)
     };
     for round in 0..20i32 {
@@ -315,7 +325,8 @@ fn confirmation_never_runs_ahead_of_main() {
                 store.kill_daemon();
                 store.ok(&["status"]);
                 src.execute("INSERT INTO blobs VALUES (-1, 'marker')", &[]).unwrap();
-                let marker = wait_until(Duration::from_secs(60), || count(&main_url, "SELECT count(*) FROM blobs WHERE id = -1") == Some(1));
+                let marker =
+                    wait_until(Duration::from_secs(60), || count(&main_url, "SELECT count(*) FROM blobs WHERE id = -1") == Some(1));
                 panic!(
                     "round {round}: the slot was confirmed at {confirmed:X}, past the transaction committed by {committed:X}, while main held \
                      {on_main} of its 5 rows; after kill -9 and a restart (marker applied: {marker}) main holds {:?} of them",

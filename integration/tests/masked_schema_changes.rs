@@ -30,7 +30,10 @@ fn a_new_table_waits_for_the_config_then_arrives_masked() {
     let source = logical_source("schema");
     source
         .server
-        .psql("postgres", "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL); INSERT INTO users VALUES (1, 'a.person@corp.example');")
+        .psql(
+            "postgres",
+            "CREATE TABLE users (id int PRIMARY KEY, email text NOT NULL); INSERT INTO users VALUES (1, 'a.person@corp.example');",
+        )
         .unwrap();
     let store = TestStore::new("schema");
     let dir = store.dir.with_extension("configs");
@@ -69,7 +72,11 @@ fn a_new_table_waits_for_the_config_then_arrives_masked() {
     assert!(
         wait_until(Duration::from_secs(30), || {
             postgres::Client::connect(&main, postgres::NoTls).is_ok_and(|mut m| {
-                m.query_opt("SELECT to_regclass('public.invoices')::text", &[]).ok().flatten().and_then(|r| r.get::<_, Option<String>>(0)).is_some()
+                m.query_opt("SELECT to_regclass('public.invoices')::text", &[])
+                    .ok()
+                    .flatten()
+                    .and_then(|r| r.get::<_, Option<String>>(0))
+                    .is_some()
                     && masked::copy_rows(&mut m, select) == expect
             })
         }),

@@ -92,7 +92,12 @@ fn the_seed_config_masks_as_it_says_and_deterministically() {
         .psql("postgres", "INSERT INTO users VALUES ('late.comer@acme-corp.io', 'Late Comer', '1 New Road'); INSERT INTO orders (email, amount) VALUES ('late.comer@acme-corp.io', 7);")
         .unwrap();
     assert!(
-        wait_until(Duration::from_secs(20), || psql_url(&main, "SELECT count(*) FROM orders o JOIN users u USING (email) WHERE amount = 7").unwrap() == "2"),
+        wait_until(Duration::from_secs(20), || psql_url(
+            &main,
+            "SELECT count(*) FROM orders o JOIN users u USING (email) WHERE amount = 7"
+        )
+        .unwrap()
+            == "2"),
         "the live order did not arrive joined to its masked user"
     );
 

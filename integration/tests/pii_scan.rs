@@ -131,7 +131,10 @@ fn pii_scan_guesses_masks_and_covers_every_column() {
         assert_eq!(transformer(table, column), tr, "{col}");
         let l = line(&summary, col);
         assert!(l.contains(&format!(" {kind} -> ")), "{col} should be guessed as {kind}: {l}");
-        let key = yaml.lines().find(|y| y.starts_with(&format!("        {column}:  # guess: "))).unwrap_or_else(|| panic!("no guess comment for {col}"));
+        let key = yaml
+            .lines()
+            .find(|y| y.starts_with(&format!("        {column}:  # guess: ")))
+            .unwrap_or_else(|| panic!("no guess comment for {col}"));
         assert!(!key.is_empty());
     }
     assert!(line(&summary, "public.customers.contact").contains("sampled values look like emails"));
@@ -149,7 +152,9 @@ fn pii_scan_guesses_masks_and_covers_every_column() {
     let key = [7u8; 32];
     for t in &schema.tables {
         let copy = format!("masked.{}", t.name);
-        client.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS masked; CREATE TABLE {copy} (LIKE {} INCLUDING ALL)", t.quoted())).unwrap();
+        client
+            .batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS masked; CREATE TABLE {copy} (LIKE {} INCLUDING ALL)", t.quoted()))
+            .unwrap();
         let names: Vec<String> = t.columns.iter().map(|c| c.name.clone()).collect();
         let select = names.iter().map(|n| format!("{n}::text")).collect::<Vec<_>>().join(", ");
         for row in client.query(&format!("SELECT {select} FROM {}", t.quoted()), &[]).unwrap() {
@@ -170,7 +175,8 @@ fn pii_scan_guesses_masks_and_covers_every_column() {
             let sql = format!("INSERT INTO {copy} ({}) OVERRIDING SYSTEM VALUE VALUES ({})", names.join(", "), literals.join(", "));
             client.execute(&sql, &[]).unwrap_or_else(|e| panic!("{sql}: {e}"));
             for ((name, before), (_, after)) in original.iter().zip(&values) {
-                let masked = ["email", "contact", "phone", "ssn", "card_number", "ip_address", "meta", "address", "notes", "shipping_address"];
+                let masked =
+                    ["email", "contact", "phone", "ssn", "card_number", "ip_address", "meta", "address", "notes", "shipping_address"];
                 if masked.contains(&name.as_str()) && before != &Value::Text("prefers mornings".into()) {
                     assert_ne!(before, after, "{}.{name} was not masked", t.qualified());
                 }
@@ -199,7 +205,10 @@ fn pii_scan_guesses_masks_and_covers_every_column() {
     ];
     for (table, column) in not_pii {
         assert_eq!(transformer(table, column), "keep", "{table}.{column}:\n{yaml}");
-        assert!(line(&summary, &format!("{table}.{column}")).split("  ").filter(|s| !s.trim().is_empty()).nth(2).map(str::trim) == Some("-"), "{table}.{column} is not PII");
+        assert!(
+            line(&summary, &format!("{table}.{column}")).split("  ").filter(|s| !s.trim().is_empty()).nth(2).map(str::trim) == Some("-"),
+            "{table}.{column} is not PII"
+        );
     }
     assert!(yaml.contains("        status:  # no PII seen in 200 sampled values\n          name: keep\n"), "{yaml}");
     assert!(summary.contains("4 tables, 32 columns: 14 look like PII"), "{summary}");
@@ -290,7 +299,10 @@ fn pii_scan_copes_with_big_partitioned_unreadable_and_oddly_named_tables() {
     assert_eq!(cfg.tables["public.Odd Table"]["contact_addr"].name(), "email", "values overrule the name 'addr'");
     assert_eq!(cfg.tables["public.Odd Table"]["login"].name(), "keep");
     // No SELECT privilege: judged by name only, and said so.
-    assert!(yaml.contains("      table: secret\n      # NOT SAMPLED: permission denied for table secret; guesses by column name only\n"), "{yaml}");
+    assert!(
+        yaml.contains("      table: secret\n      # NOT SAMPLED: permission denied for table secret; guesses by column name only\n"),
+        "{yaml}"
+    );
     assert_eq!(cfg.tables["public.secret"]["ssn"].name(), "regex_replace");
     assert!(line(&summary, "public.secret.x").contains("NOT SAMPLED (permission denied for table secret)"));
 

@@ -8,10 +8,8 @@ use std::process::Command;
 use pgbranch_integration::*;
 
 /// Tests that pass on ext4 but cannot apply to a FUSE filesystem, with the reason.
-const NOT_APPLICABLE: &[(&str, &str)] = &[(
-    "link::link_count_max",
-    "pathconf(_PC_LINK_MAX) has no value for FUSE filesystems, so pjdfstest skips it",
-)];
+const NOT_APPLICABLE: &[(&str, &str)] =
+    &[("link::link_count_max", "pathconf(_PC_LINK_MAX) has no value for FUSE filesystems, so pjdfstest skips it")];
 
 const CONFIG: &str = r#"
 [features]

@@ -157,8 +157,11 @@ fn tablespaces_are_copied_into_each_branch() {
     }
     let a = store.branch_server("a");
     let b = store.branch_server("b");
-    a.psql("postgres", "INSERT INTO hot SELECT g, 'branch a' FROM generate_series(5001, 9000) g; UPDATE cold SET v = 'a was here'; CHECKPOINT")
-        .unwrap();
+    a.psql(
+        "postgres",
+        "INSERT INTO hot SELECT g, 'branch a' FROM generate_series(5001, 9000) g; UPDATE cold SET v = 'a was here'; CHECKPOINT",
+    )
+    .unwrap();
     b.psql("postgres", "DELETE FROM hot WHERE id > 2500; CHECKPOINT").unwrap();
     let count = |s: &Server, sql: &str| s.psql("postgres", sql).unwrap();
     assert_eq!(count(&a, "SELECT count(*) FROM hot"), "9000");

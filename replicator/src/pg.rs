@@ -113,12 +113,7 @@ impl Owner {
     pub fn run(&self, cmd: &mut Command, what: &str) -> Result<Output> {
         let out = cmd.output().with_context(|| format!("running {what}"))?;
         if !out.status.success() {
-            bail!(
-                "{what} failed ({}):\n{}{}",
-                out.status,
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
+            bail!("{what} failed ({}):\n{}{}", out.status, String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         }
         Ok(out)
     }
@@ -165,9 +160,8 @@ impl Server {
             let tail = std::fs::read_to_string(&log).unwrap_or_default();
             bail!("{e:#}\npostgres log:\n{tail}");
         }
-        let pid = std::fs::read_to_string(data.join("postmaster.pid"))
-            .ok()
-            .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+        let pid =
+            std::fs::read_to_string(data.join("postmaster.pid")).ok().and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
         Ok(Server { bin: bin.clone(), owner: owner.clone(), data: data.to_path_buf(), port, socket_dir: socket_dir.to_path_buf(), pid })
     }
 

@@ -21,7 +21,9 @@ pub enum SourceError {
     Refused { user: String, reason: String },
     #[error("the source has wal_level=minimal, which cannot be streamed; set wal_level=replica (or logical) on the source and restart it")]
     WalLevelMinimal,
-    #[error("user '{user}' has no REPLICATION privilege on the source; run ALTER ROLE \"{user}\" REPLICATION there, or use a user that has it")]
+    #[error(
+        "user '{user}' has no REPLICATION privilege on the source; run ALTER ROLE \"{user}\" REPLICATION there, or use a user that has it"
+    )]
     NoReplicationPrivilege { user: String },
     #[error("the source has no free WAL sender (max_wal_senders = {max}, {used} in use); raise max_wal_senders on the source")]
     NoWalSender { max: i64, used: i64 },
@@ -205,8 +207,7 @@ impl Source {
         if wal_level == "minimal" {
             return Err(SourceError::WalLevelMinimal);
         }
-        let can_replicate =
-            query_text(&mut c, "SELECT (rolreplication OR rolsuper)::text FROM pg_roles WHERE rolname = current_user")?;
+        let can_replicate = query_text(&mut c, "SELECT (rolreplication OR rolsuper)::text FROM pg_roles WHERE rolname = current_user")?;
         if can_replicate != "true" {
             return Err(SourceError::NoReplicationPrivilege { user: self.user.clone() });
         }
@@ -264,7 +265,8 @@ impl Source {
                 return Err(SourceError::CannotRead { user: self.user.clone(), count: unreadable.len(), names });
             }
         }
-        let encoding = query_text(&mut c, "SELECT pg_encoding_to_char(encoding)::text FROM pg_database WHERE datname = current_database()")?;
+        let encoding =
+            query_text(&mut c, "SELECT pg_encoding_to_char(encoding)::text FROM pg_database WHERE datname = current_database()")?;
         if encoding != "UTF8" {
             return Err(SourceError::NotUtf8(encoding));
         }

@@ -99,15 +99,7 @@ fn reads_the_replicated_schema() {
     let names: Vec<String> = schema.tables.iter().map(|t| t.qualified()).collect();
     assert_eq!(
         names,
-        [
-            "Odd \"Schema\".T",
-            "public.by_index",
-            "public.events",
-            "public.full_ident",
-            "public.no_key",
-            "public.nothing",
-            "public.with_pk"
-        ],
+        ["Odd \"Schema\".T", "public.by_index", "public.events", "public.full_ident", "public.no_key", "public.nothing", "public.with_pk"],
         "ordered by schema and name; no partitions, unlogged, temporary or system tables"
     );
 
@@ -115,7 +107,13 @@ fn reads_the_replicated_schema() {
     let cols: Vec<(&str, &str, bool)> = t.columns.iter().map(|c| (c.name.as_str(), c.type_name.as_str(), c.not_null)).collect();
     assert_eq!(
         cols,
-        [("id", "bigint", true), ("email", "text", false), ("name", "character varying(40)", true), ("a", "integer", false), ("b", "integer", false)],
+        [
+            ("id", "bigint", true),
+            ("email", "text", false),
+            ("name", "character varying(40)", true),
+            ("a", "integer", false),
+            ("b", "integer", false)
+        ],
         "attnum order, dropped and generated columns left out"
     );
     assert_eq!(t.columns[0].type_oid, 20);

@@ -163,10 +163,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     let source = Source::parse(&source_url)?;
     let key = layout.mask_key()?;
     let db = src
-        .query_one(
-            "SELECT datcollate::text, pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = current_database()",
-            &[],
-        )
+        .query_one("SELECT datcollate::text, pg_get_userbyid(datdba)::text FROM pg_database WHERE datname = current_database()", &[])
         .context("reading the source database's locale")?;
     let (locale, db_owner): (String, String) = (db.get(0), db.get(1));
     drop(src);
@@ -189,10 +186,8 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     }
     let started = Instant::now();
     let mut cleanup = Cleanup { layout, source: &source, slot: None, publication: None, main: false };
-    let created = client::call(
-        layout,
-        &Request::CreateBranch { name: MAIN.into(), from: None, start: false, ttl_secs: None, protect: false },
-    )?;
+    let created =
+        client::call(layout, &Request::CreateBranch { name: MAIN.into(), from: None, start: false, ttl_secs: None, protect: false })?;
     cleanup.main = true;
     let path = PathBuf::from(created["path"].as_str().unwrap_or_default());
     initdb(&bin, found.major, &owner, &path, &locale)?;
@@ -259,7 +254,8 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
                 std::thread::sleep(Duration::from_millis(100));
             }
         });
-        let r = copy_tables(&source, &slot.snapshot_name, &target.config(), &tables, Masking { config: &config, key: &key }, workers, &rows);
+        let r =
+            copy_tables(&source, &slot.snapshot_name, &target.config(), &tables, Masking { config: &config, key: &key }, workers, &rows);
         done.store(true, Ordering::Relaxed);
         r
     });

@@ -37,10 +37,8 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
     // pg_basebackup, the standby and the daemon read the store's copies of the TLS files.
     let source_url = &crate::source_tls::install(layout, &owner, &source)?;
     let source = Source::parse(source_url)?;
-    let created = client::call(
-        layout,
-        &Request::CreateBranch { name: MAIN.into(), from: None, start: false, ttl_secs: None, protect: false },
-    )?;
+    let created =
+        client::call(layout, &Request::CreateBranch { name: MAIN.into(), from: None, start: false, ttl_secs: None, protect: false })?;
     let path = PathBuf::from(created["path"].as_str().unwrap_or_default());
 
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
@@ -91,7 +89,14 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
 }
 
 /// Gives the fresh copy in `path` its own configuration and in-place tablespaces.
-fn configure_main(bin: &PgBin, owner: &Owner, path: &std::path::Path, settings: SourceSettings, tablespaces: &[Tablespace], quiet: bool) -> Result<()> {
+fn configure_main(
+    bin: &PgBin,
+    owner: &Owner,
+    path: &std::path::Path,
+    settings: SourceSettings,
+    tablespaces: &[Tablespace],
+    quiet: bool,
+) -> Result<()> {
     tablespace::make_in_place(path, tablespaces)?;
     let mut minimums = pgconf::from_controldata(bin, owner, path)?;
     minimums.merge(&settings.minimums);
@@ -106,7 +111,11 @@ fn configure_main(bin: &PgBin, owner: &Owner, path: &std::path::Path, settings: 
     }
     let carried = settings.carried.len();
     let in_place_tablespaces = !tablespaces.is_empty() && bin.major()? >= 15;
-    pgconf::write(path, owner, &ServerConf { carried: settings.carried, minimums: minimums.clone(), preload_libraries: libraries, in_place_tablespaces })?;
+    pgconf::write(
+        path,
+        owner,
+        &ServerConf { carried: settings.carried, minimums: minimums.clone(), preload_libraries: libraries, in_place_tablespaces },
+    )?;
     if !quiet {
         let m: Vec<String> = minimums.0.iter().map(|(n, v)| format!("{n}={v}")).collect();
         eprintln!("main: own postgresql.conf ({carried} settings carried from the source; {})", m.join(", "));

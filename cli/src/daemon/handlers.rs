@@ -373,9 +373,7 @@ impl Daemon {
                 self.repo.get(&name)?;
                 Ok(json!({ "path": self.layout.mount_point(&name) }))
             }
-            Request::CreateBranch { name, from, start, ttl_secs, protect } => {
-                self.create_branch(&name, from, start, ttl_secs, protect)
-            }
+            Request::CreateBranch { name, from, start, ttl_secs, protect } => self.create_branch(&name, from, start, ttl_secs, protect),
             Request::CreateSnapshot { name, from } => {
                 let started = std::time::Instant::now();
                 self.repo.create_from(&name, &from, Kind::Snapshot)?;

@@ -86,9 +86,7 @@ impl Daemon {
         if let Err(e) = crate::source_tls::publish(&layout, owner) {
             tracing::warn!("laying out the source's TLS files for postgres: {e:#}");
         }
-        let repo = Arc::new(
-            Repository::open(&layout.data()).with_context(|| format!("opening the store in {}", layout.root.display()))?,
-        );
+        let repo = Arc::new(Repository::open(&layout.data()).with_context(|| format!("opening the store in {}", layout.root.display()))?);
         let servers = servers::Servers::open(&layout.data(), &layout.run_dir())?;
         let daemon = Arc::new(Daemon {
             servers,
@@ -127,8 +125,7 @@ impl Daemon {
     fn restore_servers_now(&self) {
         let d = self;
         {
-            let wanted: Vec<String> =
-                d.servers.state.lock().servers.iter().filter(|(_, s)| s.running).map(|(n, _)| n.clone()).collect();
+            let wanted: Vec<String> = d.servers.state.lock().servers.iter().filter(|(_, s)| s.running).map(|(n, _)| n.clone()).collect();
             // Orphans first, all at once: each may take a moment to die.
             let mut orphans = Vec::new();
             for name in &wanted {

@@ -148,7 +148,13 @@ impl Servers {
         };
         std::fs::create_dir_all(run_dir)?;
         std::fs::set_permissions(run_dir, std::fs::Permissions::from_mode(0o711))?;
-        Ok(Servers { path, run_dir: run_dir.to_path_buf(), owner: Owner::for_branches()?, state: Mutex::new(state), live: Mutex::new(BTreeMap::new()) })
+        Ok(Servers {
+            path,
+            run_dir: run_dir.to_path_buf(),
+            owner: Owner::for_branches()?,
+            state: Mutex::new(state),
+            live: Mutex::new(BTreeMap::new()),
+        })
     }
 
     /// Writes the state atomically (temp file, fsync, rename).
@@ -290,13 +296,7 @@ impl Servers {
                 f.and_then(|f| pgbranch_replicator::source::Source::parse(&f.source_url).ok()?.password()).unwrap_or_default()
             }
         };
-        Ok(format!(
-            "postgresql://{}:{}@127.0.0.1:{}/{}",
-            encode(&spec.user),
-            encode(&password),
-            spec.port,
-            encode(&spec.dbname)
-        ))
+        Ok(format!("postgresql://{}:{}@127.0.0.1:{}/{}", encode(&spec.user), encode(&password), spec.port, encode(&spec.dbname)))
     }
 
     /// Stops every server (daemon shutdown); they come back on the next start.

@@ -17,9 +17,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    AccessFlags, Errno as FErrno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig,
-    LockOwner, OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry,
-    ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, TimeOrNow, WriteFlags,
+    AccessFlags, Errno as FErrno, FileHandle, Filesystem, FopenFlags, Generation, INodeNo, InitFlags, KernelConfig, LockOwner, OpenFlags,
+    RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr,
+    Request, TimeOrNow, WriteFlags,
 };
 use parking_lot::Mutex;
 
@@ -264,11 +264,7 @@ impl Filesystem for BranchFs {
     }
 
     fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, _umask: u32, rdev: u32, reply: ReplyEntry) {
-        let kind = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 {
-            NewKind::File
-        } else {
-            NewKind::Special
-        };
+        let kind = if mode & libc::S_IFMT == libc::S_IFREG || mode & libc::S_IFMT == 0 { NewKind::File } else { NewKind::Special };
         let mode = if mode & libc::S_IFMT == 0 { mode | libc::S_IFREG } else { mode };
         let ino = self.create_node(req, parent.0, name, mode, rdev, kind);
         self.reply_entry(ino, reply);
@@ -280,9 +276,8 @@ impl Filesystem for BranchFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = name_bytes(name).and_then(|name| {
-            self.branch.update(|_| Ok((Op::Unlink { parent: parent.0, name, dir: false, now: Time::now() }, ())))
-        });
+        let r = name_bytes(name)
+            .and_then(|name| self.branch.update(|_| Ok((Op::Unlink { parent: parent.0, name, dir: false, now: Time::now() }, ()))));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(ferr(e)),
@@ -290,9 +285,8 @@ impl Filesystem for BranchFs {
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let r = name_bytes(name).and_then(|name| {
-            self.branch.update(|_| Ok((Op::Unlink { parent: parent.0, name, dir: true, now: Time::now() }, ())))
-        });
+        let r = name_bytes(name)
+            .and_then(|name| self.branch.update(|_| Ok((Op::Unlink { parent: parent.0, name, dir: true, now: Time::now() }, ()))));
         match r {
             Ok(()) => reply.ok(),
             Err(e) => reply.error(ferr(e)),

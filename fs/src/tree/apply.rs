@@ -224,9 +224,7 @@ impl Tree {
         let keep_size = mode & libc::FALLOC_FL_KEEP_SIZE != 0;
         let punch = mode & libc::FALLOC_FL_PUNCH_HOLE != 0;
         let zero = mode & libc::FALLOC_FL_ZERO_RANGE != 0;
-        if mode & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0
-            || (punch && !keep_size)
-        {
+        if mode & !(libc::FALLOC_FL_KEEP_SIZE | libc::FALLOC_FL_PUNCH_HOLE | libc::FALLOC_FL_ZERO_RANGE) != 0 || (punch && !keep_size) {
             return Err(err(libc::EOPNOTSUPP));
         }
         let end = offset.checked_add(len).ok_or(err(libc::EFBIG))?;
@@ -246,5 +244,4 @@ impl Tree {
         }
         Ok(())
     }
-
 }

@@ -372,5 +372,4 @@ impl Tree {
             *parent = new_parent;
         }
     }
-
 }

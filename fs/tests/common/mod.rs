@@ -75,7 +75,17 @@ pub fn empty_tree(store: Arc<dyn ObjectStore>) -> Tree {
 
 pub fn create(t: &mut Tree, name: &str) -> u64 {
     let ino = t.next_ino();
-    let op = Op::Create { parent: ROOT_INO, name: name.into(), ino, kind: NewKind::File, mode: libc::S_IFREG | 0o600, uid: 0, gid: 0, rdev: 0, now: NOW };
+    let op = Op::Create {
+        parent: ROOT_INO,
+        name: name.into(),
+        ino,
+        kind: NewKind::File,
+        mode: libc::S_IFREG | 0o600,
+        uid: 0,
+        gid: 0,
+        rdev: 0,
+        now: NOW,
+    };
     t.apply(&op).unwrap();
     ino
 }

@@ -95,9 +95,7 @@ impl Cfg {
                 "--storage-branches" => cfg.storage_branches = val("--storage-branches")?.parse()?,
                 "--extra" => cfg.extra = true,
                 "--no-extra" => cfg.extra = false,
-                "--sections" => {
-                    cfg.sections = val("--sections")?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?
-                }
+                "--sections" => cfg.sections = val("--sections")?.split(',').map(|s| s.trim().parse()).collect::<Result<_, _>>()?,
                 "--out" => cfg.out_dir = PathBuf::from(val("--out")?),
                 "-h" | "--help" => {
                     println!(
@@ -555,7 +553,7 @@ impl Ctx {
     }
 
     fn physical_bytes(&self) -> Result<u64> {
-        Ok(self.status()?["physical_bytes"].as_u64().context("physical_bytes in status")?)
+        self.status()?["physical_bytes"].as_u64().context("physical_bytes in status")
     }
 }
 
@@ -626,7 +624,11 @@ fn section_tps(ctx: &mut Ctx, rep: &mut Report) -> Result<Server> {
                     c["other_cpu_secs"],
                     c["machine_busy_share"].as_f64().unwrap_or(0.0) * 100.0
                 );
-                if side == "native" { nat.push(st.tps) } else { br.push(st.tps) }
+                if side == "native" {
+                    nat.push(st.tps)
+                } else {
+                    br.push(st.tps)
+                }
                 let per_txn = |k: &str| if st.txns > 0.0 { r2(c[k].as_f64().unwrap_or(0.0) * 1e6 / st.txns) } else { 0.0 };
                 runs.push(json!({
                     "round": round, "side": side, "tps": r2(st.tps), "transactions": st.txns,
@@ -675,14 +677,7 @@ fn section_tps(ctx: &mut Ctx, rep: &mut Report) -> Result<Server> {
             Target::RatioAtLeast(target),
             "baseline: same postgres initdb'd on ext4 in the same run; runs interleaved native, branch, …",
         );
-        rep.row(
-            &format!("CPU per {mode} transaction, daemon + postgres + pgbench (median)"),
-            "µs",
-            cb,
-            Some(cn),
-            Target::Info,
-            "",
-        );
+        rep.row(&format!("CPU per {mode} transaction, daemon + postgres + pgbench (median)"), "µs", cb, Some(cn), Target::Info, "");
     }
     rep.details.insert("tps".into(), Value::Object(details));
     drop(native);
@@ -822,8 +817,22 @@ fn section_snapshots(ctx: &mut Ctx, rep: &mut Report, small: Option<Server>) -> 
     for (label, res) in [(&small_label, &small_res), (&large_label, &large_res)] {
         rep.row(&format!("snapshot create p50, CLI wall, {label}"), "ms", p(res, "cli_wall_ms", "p50"), None, Target::AtMost(10.0), &cond);
         rep.row(&format!("snapshot create p95, CLI wall, {label}"), "ms", p(res, "cli_wall_ms", "p95"), None, Target::Info, "");
-        rep.row(&format!("snapshot create p50, daemon create_micros, {label}"), "ms", p(res, "daemon_create_ms", "p50"), None, Target::AtMost(10.0), "");
-        rep.row(&format!("snapshot create p95, daemon create_micros, {label}"), "ms", p(res, "daemon_create_ms", "p95"), None, Target::Info, "");
+        rep.row(
+            &format!("snapshot create p50, daemon create_micros, {label}"),
+            "ms",
+            p(res, "daemon_create_ms", "p50"),
+            None,
+            Target::AtMost(10.0),
+            "",
+        );
+        rep.row(
+            &format!("snapshot create p95, daemon create_micros, {label}"),
+            "ms",
+            p(res, "daemon_create_ms", "p95"),
+            None,
+            Target::Info,
+            "",
+        );
     }
     rep.row(
         "snapshot create p50 large vs small, CLI wall",
@@ -881,7 +890,10 @@ fn branch_round(ctx: &Ctx, base: &str, name: &str, sql: &str) -> Result<Value> {
     s.stop()?;
     let stop = t.elapsed().as_secs_f64();
     let wal = du_bytes(&ctx.store.path(name).join("pg_wal"), true).unwrap_or(0);
-    log!("   {name}: create {create:.2}s start {start:.1}s update {update:.1}s checkpoint {ckpt:.1}s stop {stop:.1}s; pg_wal {:.0} MiB", mib(wal));
+    log!(
+        "   {name}: create {create:.2}s start {start:.1}s update {update:.1}s checkpoint {ckpt:.1}s stop {stop:.1}s; pg_wal {:.0} MiB",
+        mib(wal)
+    );
     Ok(json!({
         "name": name, "sql": sql, "create_secs": r3(create), "start_secs": r2(start), "update_secs": r2(update),
         "checkpoint_secs": r2(ckpt), "stop_secs": r2(stop), "pg_wal_bytes": wal,
@@ -972,11 +984,7 @@ fn section_storage(ctx: &mut Ctx, rep: &mut Report) -> Result<()> {
         let mut rounds_c = Vec::new();
         let span = accounts / 100;
         for i in 0..n as u64 {
-            let sql = format!(
-                "UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid > {} AND aid <= {}",
-                i * span,
-                (i + 1) * span
-            );
+            let sql = format!("UPDATE pgbench_accounts SET abalance = abalance + 1 WHERE aid > {} AND aid <= {}", i * span, (i + 1) * span);
             rounds_c.push(branch_round(ctx, "base", &format!("c{i}"), &sql)?);
         }
         ctx.gc()?;
@@ -1052,12 +1060,7 @@ fn section_storage(ctx: &mut Ctx, rep: &mut Report) -> Result<()> {
 fn host() -> Value {
     let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim().to_string();
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0);
-    let mem = std::fs::read_to_string("/proc/meminfo")
-        .unwrap_or_default()
-        .lines()
-        .next()
-        .unwrap_or("")
-        .to_string();
+    let mem = std::fs::read_to_string("/proc/meminfo").unwrap_or_default().lines().next().unwrap_or("").to_string();
     json!({ "kernel": kernel, "cpus": cpus, "mem": mem })
 }
 

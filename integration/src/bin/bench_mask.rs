@@ -255,7 +255,13 @@ fn sched_summary(v: &Value) -> String {
         .as_object()
         .into_iter()
         .flatten()
-        .map(|(r, x)| format!("{r} {:.1}s on CPU / {:.1}s waiting for one", x["on_cpu_secs"].as_f64().unwrap_or(0.0), x["runqueue_wait_secs"].as_f64().unwrap_or(0.0)))
+        .map(|(r, x)| {
+            format!(
+                "{r} {:.1}s on CPU / {:.1}s waiting for one",
+                x["on_cpu_secs"].as_f64().unwrap_or(0.0),
+                x["runqueue_wait_secs"].as_f64().unwrap_or(0.0)
+            )
+        })
         .collect();
     t.join("; ")
 }
@@ -263,7 +269,8 @@ fn sched_summary(v: &Value) -> String {
 fn pipeline_summary(v: &Value) -> String {
     let mut parts = Vec::new();
     for (g, m) in v["percent"].as_object().into_iter().flatten() {
-        let mut items: Vec<(String, f64)> = m.as_object().into_iter().flatten().map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(0.0))).collect();
+        let mut items: Vec<(String, f64)> =
+            m.as_object().into_iter().flatten().map(|(k, x)| (k.clone(), x.as_f64().unwrap_or(0.0))).collect();
         items.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap());
         let t: Vec<String> = items.iter().filter(|(_, p)| *p >= 1.0).map(|(k, p)| format!("{k} {p:.0}%")).collect();
         parts.push(format!("{g}: {}", t.join(", ")));
@@ -306,7 +313,9 @@ fn sample_commands(data: &Path, stop: &AtomicBool) -> Value {
                     continue;
                 }
                 // Background processes are always there; count only what works.
-                if ["checkpointer", "background writer", "walwriter", "autovacuum launcher", "logical replication launcher"].contains(&what.as_str()) {
+                if ["checkpointer", "background writer", "walwriter", "autovacuum launcher", "logical replication launcher"]
+                    .contains(&what.as_str())
+                {
                     continue;
                 }
                 *secs.entry(what).or_insert(0.0) += 0.05;
@@ -665,7 +674,10 @@ fn main() {
     let size = fill_source(&source.server, &s);
     let gb = size as f64 / 1e9;
     say(&format!("source filled: {gb:.2} GB in {:.1}s", t.elapsed().as_secs_f64()));
-    details.insert("source".into(), json!({"users": s.users, "orders": s.orders, "database_bytes": size, "fill_secs": t.elapsed().as_secs_f64()}));
+    details.insert(
+        "source".into(),
+        json!({"users": s.users, "orders": s.orders, "database_bytes": size, "fill_secs": t.elapsed().as_secs_f64()}),
+    );
     let source_pm = source.server.pid.unwrap();
 
     // Baseline: a fresh postgres on local ext4, default settings but main's max_wal_size
@@ -716,7 +728,12 @@ fn main() {
     let daemon = store.daemon_pid();
     let main_pm = postmaster_pid(&store.path("main"));
     let c1 = cpu_now(source_pm, main_pm, daemon);
-    let clone_cpu = cpu_since(&Cpu { source: c0.source, clients: c0.clients, machine: c0.machine, ..Cpu::default() }, &c1, "main postgres", "clone CLI (copy + masking) and its pg_dump/psql");
+    let clone_cpu = cpu_since(
+        &Cpu { source: c0.source, clients: c0.clients, machine: c0.machine, ..Cpu::default() },
+        &c1,
+        "main postgres",
+        "clone CLI (copy + masking) and its pg_dump/psql",
+    );
     let summary = stderr.lines().find(|l| l.starts_with("copied ")).unwrap_or_default().to_string();
     let schema_line = stderr.lines().find(|l| l.starts_with("main: schema")).unwrap_or_default();
     let copy_secs = secs_after(&summary, " in ").unwrap_or(f64::NAN);
@@ -738,15 +755,22 @@ fn main() {
     let ratio = one_job / clone_wall;
     rows.push(json!({"metric": format!("initial copy, {total_rows} rows ({gb:.2} GB): whole `clone stream --config` (masked) vs `pg_dump -Fc | pg_restore` to ext4"),
         "pgbranch": rate(total_rows, clone_wall), "baseline": rate(total_rows, one_job), "ratio": ratio, "target": "≥ 1.00x", "pass": ratio >= 1.0}));
-    rows.push(json!({"metric": format!("same, copy phase only (masked COPY, {copy_secs:.1}s of {clone_wall:.1}s; no schema, indexes, handoff)"),
-        "pgbranch": rate(copy_rows, copy_secs), "baseline": "—", "ratio": null, "target": "—", "pass": null}));
+    rows.push(
+        json!({"metric": format!("same, copy phase only (masked COPY, {copy_secs:.1}s of {clone_wall:.1}s; no schema, indexes, handoff)"),
+        "pgbranch": rate(copy_rows, copy_secs), "baseline": "—", "ratio": null, "target": "—", "pass": null}),
+    );
     let fd = fd_dump + fd_restore;
     rows.push(json!({"metric": format!("same, vs `pg_dump -Fd -j 2` + `pg_restore -j 2` ({fd_dump:.1}s + {fd_restore:.1}s)"),
         "pgbranch": rate(total_rows, clone_wall), "baseline": rate(total_rows, fd), "ratio": fd / clone_wall, "target": "—", "pass": null}));
 
     // Apply, live: the workload runs while the stream applies.
     let changes = s.changes();
-    let what = format!("{} inserts, {} updates, {} deletes in transactions of {TXN}", Sizes::txns(s.inserts) * TXN, Sizes::txns(s.updates) * TXN, Sizes::txns(s.deletes) * TXN);
+    let what = format!(
+        "{} inserts, {} updates, {} deletes in transactions of {TXN}",
+        Sizes::txns(s.inserts) * TXN,
+        Sizes::txns(s.updates) * TXN,
+        Sizes::txns(s.deletes) * TXN
+    );
     let timeout = Duration::from_secs(900);
     let live_file = source.dir.join("workload-0.sql");
     std::fs::write(&live_file, workload(&s, 0)).unwrap();
@@ -817,8 +841,11 @@ fn main() {
     let unmasked = q("SELECT (SELECT count(*) FROM users WHERE email !~ '@example\\.(com|net|org)$') + (SELECT count(*) FROM orders WHERE email !~ '@example\\.(com|net|org)$')");
     let consistent = src_counts == (expect_users, expect_orders) && main_counts == src_counts && unmasked == 0;
     say(&format!("check: source {src_counts:?}, main {main_counts:?}, expected ({expect_users}, {expect_orders}), unmasked emails on main: {unmasked}"));
-    details.insert("check".into(), json!({"source_counts": [src_counts.0, src_counts.1], "main_counts": [main_counts.0, main_counts.1],
-        "expected": [expect_users, expect_orders], "unmasked_emails_on_main": unmasked, "ok": consistent}));
+    details.insert(
+        "check".into(),
+        json!({"source_counts": [src_counts.0, src_counts.1], "main_counts": [main_counts.0, main_counts.1],
+        "expected": [expect_users, expect_orders], "unmasked_emails_on_main": unmasked, "ok": consistent}),
+    );
     store.ok(&["clone", "stop", "--drop-slot"]);
 
     let mut md = format!(
@@ -843,7 +870,10 @@ fn main() {
         .flatten()
         .map(|(k, v)| format!("{k} {:.1}s", v.as_f64().unwrap_or(0.0)))
         .collect();
-    md.push_str(&format!("Main's backends during the clone, seconds by command (sampled; parallel backends add up): {}.\n", cmds.join(", ")));
+    md.push_str(&format!(
+        "Main's backends during the clone, seconds by command (sampled; parallel backends add up): {}.\n",
+        cmds.join(", ")
+    ));
     md.push_str(&format!("\nCPU seconds (2 cores = 2 CPU-s per wall second):\n- pg_dump | pg_restore: {}\n- clone stream: {}\n- apply, live: {}\n- apply, backlog drain: {}\n",
         cpu_summary(&details["baseline"]["cpu_secs_one_job"]), cpu_summary(&details["clone"]["cpu_secs"]), cpu_summary(&details["apply_live"]["cpu_secs"]), cpu_summary(&details["apply_backlog"]["cpu_secs"])));
     md.push_str(&format!(

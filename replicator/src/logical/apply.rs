@@ -73,8 +73,7 @@ impl TableState {
         let template_columns: Vec<usize> = self.plan.templates().map(|(i, _)| i).collect();
         for (i, template) in self.plan.templates() {
             present[i] = true;
-            let inputs: Vec<usize> =
-                by_name.iter().copied().filter(|&j| template.contains(&format!("{{{}}}", self.columns[j]))).collect();
+            let inputs: Vec<usize> = by_name.iter().copied().filter(|&j| template.contains(&format!("{{{}}}", self.columns[j]))).collect();
             if inputs.iter().all(|&j| present[j] || template_columns.contains(&j)) {
                 continue;
             }
@@ -88,7 +87,13 @@ impl TableState {
                     "''".to_string() // templates read other templates as "", as the transformer does
                 } else if present[j] {
                     let mut lit = String::new();
-                    push_literal(&mut lit, &Value::Text(match &values[j] { Value::Text(s) => s.clone(), Value::Null => String::new() }));
+                    push_literal(
+                        &mut lit,
+                        &Value::Text(match &values[j] {
+                            Value::Text(s) => s.clone(),
+                            Value::Null => String::new(),
+                        }),
+                    );
                     lit
                 } else {
                     format!("coalesce({}::text, '')", quote_ident(&self.columns[j]))

@@ -131,9 +131,8 @@ fn copy_one(
     // Emptying the (empty) table in the loading transaction lets main, at
     // wal_level=minimal, write the rows without WAL: half the bytes through FUSE.
     dtx.batch_execute(&format!("TRUNCATE {}", table.quoted)).map_err(|e| fail(format!("preparing the table on main: {e}")))?;
-    let mut writer = dtx
-        .copy_in(&format!("COPY {} ({cols}) FROM STDIN", table.quoted))
-        .map_err(|e| fail(format!("writing into main: {e}")))?;
+    let mut writer =
+        dtx.copy_in(&format!("COPY {} ({cols}) FROM STDIN", table.quoted)).map_err(|e| fail(format!("writing into main: {e}")))?;
     let mut reader = BufReader::with_capacity(1 << 20, reader);
     let mut bytes = 0u64;
     let mut line = Vec::with_capacity(4096);
@@ -230,7 +229,9 @@ pub fn decode_row(line: &[u8], values: &mut Vec<Value>) -> Result<(), String> {
                 other => out.push(other),
             }
         }
-        values.push(Value::Text(String::from_utf8(out).map_err(|_| "a value is not valid UTF-8 (the source database must use UTF8)".to_string())?));
+        values.push(Value::Text(
+            String::from_utf8(out).map_err(|_| "a value is not valid UTF-8 (the source database must use UTF8)".to_string())?,
+        ));
     }
     Ok(())
 }

@@ -31,4 +31,3 @@ impl FromStr for Lsn {
         Ok(Lsn((u64::from(hex(hi)?) << 32) | u64::from(hex(lo)?)))
     }
 }
-

@@ -54,18 +54,53 @@ impl OldTuple {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum LogicalMsg {
-    Begin { final_lsn: Lsn, commit_time_us: i64, xid: u32 },
-    Commit { flags: u8, commit_lsn: Lsn, end_lsn: Lsn, commit_time_us: i64 },
-    Origin { lsn: Lsn, name: String },
+    Begin {
+        final_lsn: Lsn,
+        commit_time_us: i64,
+        xid: u32,
+    },
+    Commit {
+        flags: u8,
+        commit_lsn: Lsn,
+        end_lsn: Lsn,
+        commit_time_us: i64,
+    },
+    Origin {
+        lsn: Lsn,
+        name: String,
+    },
     Relation(Relation),
-    Type { id: u32, schema: String, name: String },
-    Insert { rel: u32, new: Tuple },
+    Type {
+        id: u32,
+        schema: String,
+        name: String,
+    },
+    Insert {
+        rel: u32,
+        new: Tuple,
+    },
     /// `old` is sent only when a replica identity column changed (`Key`) or the
     /// table has `REPLICA IDENTITY FULL`.
-    Update { rel: u32, old: Option<OldTuple>, new: Tuple },
-    Delete { rel: u32, old: OldTuple },
-    Truncate { cascade: bool, restart_identity: bool, rels: Vec<u32> },
-    Message { transactional: bool, lsn: Lsn, prefix: String, content: Vec<u8> },
+    Update {
+        rel: u32,
+        old: Option<OldTuple>,
+        new: Tuple,
+    },
+    Delete {
+        rel: u32,
+        old: OldTuple,
+    },
+    Truncate {
+        cascade: bool,
+        restart_identity: bool,
+        rels: Vec<u32>,
+    },
+    Message {
+        transactional: bool,
+        lsn: Lsn,
+        prefix: String,
+        content: Vec<u8>,
+    },
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -180,11 +215,7 @@ pub fn decode(data: &[u8]) -> Result<LogicalMsg, DecodeError> {
     };
     let mut r = Reader { data, pos: 1, msg };
     let out = match tag {
-        b'B' => LogicalMsg::Begin {
-            final_lsn: r.lsn("the final LSN")?,
-            commit_time_us: r.i64("the commit time")?,
-            xid: r.u32("the xid")?,
-        },
+        b'B' => LogicalMsg::Begin { final_lsn: r.lsn("the final LSN")?, commit_time_us: r.i64("the commit time")?, xid: r.u32("the xid")? },
         b'C' => LogicalMsg::Commit {
             flags: r.u8("the flags")?,
             commit_lsn: r.lsn("the commit LSN")?,

@@ -116,7 +116,10 @@ pub fn create_database(target: &Target, owner: &str) -> Result<(), SchemaError> 
     cmd.arg("-c").arg(sql);
     let out = cmd.output().map_err(|e| SchemaError::Tool { what: "creating the database on main".into(), message: e.to_string() })?;
     if !out.status.success() {
-        return Err(SchemaError::Tool { what: "creating the database on main".into(), message: String::from_utf8_lossy(&out.stderr).trim().to_string() });
+        return Err(SchemaError::Tool {
+            what: "creating the database on main".into(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        });
     }
     Ok(())
 }
@@ -179,7 +182,8 @@ impl SchemaArchive {
         cmd.arg(&self.path);
         let out = cmd.output().map_err(|e| SchemaError::Tool { what: what.clone(), message: e.to_string() })?;
         let stderr = String::from_utf8_lossy(&out.stderr).to_string();
-        let errors: Vec<String> = stderr.lines().filter(|l| l.contains("error:") && !l.contains("errors ignored on restore")).map(str::to_string).collect();
+        let errors: Vec<String> =
+            stderr.lines().filter(|l| l.contains("error:") && !l.contains("errors ignored on restore")).map(str::to_string).collect();
         if exit_on_error && !out.status.success() {
             return Err(SchemaError::Tool { what, message: stderr.trim().to_string() });
         }

@@ -16,9 +16,9 @@ use parking_lot::Mutex;
 use postgres::{Client, NoTls};
 
 use super::apply::{SqlBatch, TableState};
-use crate::catalog::quote_ident;
 use super::pgoutput::{self, LogicalMsg, Relation};
 use super::wire::{Lsn, ReplicationConn, StreamMsg};
+use crate::catalog::quote_ident;
 use crate::source::Source;
 use crate::transform::TransformConfig;
 
@@ -119,7 +119,10 @@ pub fn open_main(config: &postgres::Config) -> Result<(Client, Lsn), StreamError
 /// Records on main that everything up to `lsn` (the initial copy's consistent point)
 /// is there.
 pub fn init_origin(main: &mut Client, lsn: Lsn) -> Result<(), postgres::Error> {
-    main.execute("SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)", &[&ORIGIN])?;
+    main.execute(
+        "SELECT pg_replication_origin_create($1) WHERE NOT EXISTS (SELECT 1 FROM pg_replication_origin WHERE roname = $1)",
+        &[&ORIGIN],
+    )?;
     main.execute("SELECT pg_replication_origin_advance($1, $2::text::pg_lsn)", &[&ORIGIN, &lsn.to_string()])?;
     Ok(())
 }
@@ -170,7 +173,8 @@ pub fn run(setup: &StreamSetup, status: &Mutex<StreamStatus>, stop: &AtomicBool)
     let (mut main, applied) = open_main(&setup.main)?;
     let source = setup.source.connect().map_err(|e| StreamError::Transient(e.to_string()))?;
     let main_tables = main_tables(&mut main).map_err(transient("reading main's tables"))?;
-    let mut repl = ReplicationConn::connect(&setup.source.config, &setup.source.tls).map_err(|e| StreamError::Transient(format!("replication connection to the source: {e}")))?;
+    let mut repl = ReplicationConn::connect(&setup.source.config, &setup.source.tls)
+        .map_err(|e| StreamError::Transient(format!("replication connection to the source: {e}")))?;
     repl.start_logical(&setup.slot, applied, &setup.publication).map_err(|e| match e.code() {
         Some("42704") => StreamError::Fatal(format!("replication slot '{}' no longer exists on the source: {e}", setup.slot)),
         _ => StreamError::Transient(format!("starting replication from slot '{}': {e}", setup.slot)),
@@ -235,7 +239,10 @@ impl Stream<'_> {
             }
             let busy = !self.batch.is_empty() || self.in_txn || self.batch_end.is_some() || self.main_txn_open;
             let timeout = if busy { Duration::from_millis(1) } else { Duration::from_millis(250) };
-            let msg = self.repl.recv(timeout).map_err(|e| StreamError::Transient(format!("the replication stream from the source ended: {e}")))?;
+            let msg = self
+                .repl
+                .recv(timeout)
+                .map_err(|e| StreamError::Transient(format!("the replication stream from the source ended: {e}")))?;
             match msg {
                 None => {
                     if !self.in_txn {
@@ -414,10 +421,7 @@ impl Stream<'_> {
         if !self.main_txn_open {
             sql.insert_str(0, "BEGIN;\n");
         }
-        sql.push_str(&format!(
-            "SELECT pg_replication_origin_xact_setup('{end_lsn}', to_timestamp({:.6}));\nCOMMIT;",
-            unix_secs(commit_us)
-        ));
+        sql.push_str(&format!("SELECT pg_replication_origin_xact_setup('{end_lsn}', to_timestamp({:.6}));\nCOMMIT;", unix_secs(commit_us)));
         self.main_txn_open = true;
         self.main.batch_execute(&sql).map_err(apply_error)?;
         self.main_txn_open = false;

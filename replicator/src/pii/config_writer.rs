@@ -64,7 +64,8 @@ pub fn choose(c: &ColumnReport) -> Choice {
     let Some(guess) = &c.guess else { return Choice::new("keep", Vec::new()) };
     let kind = guess.kind;
     let text = c.class == TypeClass::Text;
-    let digits_only = || Choice::new("regex_replace", vec![("pattern", Param::Str("[0-9]".into())), ("replacement", Param::Str("0".into()))]);
+    let digits_only =
+        || Choice::new("regex_replace", vec![("pattern", Param::Str("[0-9]".into())), ("replacement", Param::Str("0".into()))]);
     if c.unique {
         if text {
             return match (kind, c.max_len) {
@@ -81,10 +82,9 @@ pub fn choose(c: &ColumnReport) -> Choice {
     }
     let bounded = c.max_len.is_some();
     match kind {
-        PiiKind::Email => Choice::new(
-            "neosync_email",
-            vec![("preserve_domain", Param::Bool(true)), ("preserve_length", Param::Bool(true))],
-        ),
+        PiiKind::Email => {
+            Choice::new("neosync_email", vec![("preserve_domain", Param::Bool(true)), ("preserve_length", Param::Bool(true))])
+        }
         PiiKind::FirstName => Choice::new("first_name", vec![("preserve_length", Param::Bool(bounded))]),
         PiiKind::LastName => Choice::new("last_name", vec![("preserve_length", Param::Bool(bounded))]),
         PiiKind::FullName => Choice::new("full_name", vec![("preserve_length", Param::Bool(bounded))]),
@@ -93,22 +93,18 @@ pub fn choose(c: &ColumnReport) -> Choice {
         PiiKind::Address if c.max_len.is_some_and(|n| n < 32) => Choice::new("string", Vec::new()),
         PiiKind::Address => Choice::new("address", Vec::new()),
         PiiKind::CardNumber => digits_only(),
-        PiiKind::NationalId if text => Choice::new(
-            "regex_replace",
-            vec![("pattern", Param::Str("[0-9A-Za-z]".into())), ("replacement", Param::Str("X".into()))],
-        ),
+        PiiKind::NationalId if text => {
+            Choice::new("regex_replace", vec![("pattern", Param::Str("[0-9A-Za-z]".into())), ("replacement", Param::Str("X".into()))])
+        }
         PiiKind::NationalId => digits_only(),
         // A hash keeps joins on addresses; a column too short for one, or of type
         // inet/cidr, gets every number zeroed (0.0.0.0/0 is still a valid inet).
         PiiKind::IpAddress if text && c.max_len.is_none_or(|n| n >= 16) => unique_text(c, kind),
-        PiiKind::IpAddress => Choice::new(
-            "regex_replace",
-            vec![("pattern", Param::Str("[0-9A-Fa-f]+".into())), ("replacement", Param::Str("0".into()))],
-        ),
-        PiiKind::BirthDate => Choice::new("date_noise", vec![("days", Param::Int(365))]),
-        PiiKind::FreeText if c.class == TypeClass::Json && c.not_null => {
-            Choice::new("literal", vec![("value", Param::Str("{}".into()))])
+        PiiKind::IpAddress => {
+            Choice::new("regex_replace", vec![("pattern", Param::Str("[0-9A-Fa-f]+".into())), ("replacement", Param::Str("0".into()))])
         }
+        PiiKind::BirthDate => Choice::new("date_noise", vec![("days", Param::Int(365))]),
+        PiiKind::FreeText if c.class == TypeClass::Json && c.not_null => Choice::new("literal", vec![("value", Param::Str("{}".into()))]),
         PiiKind::FreeText if c.class == TypeClass::Json => Choice::new("null", Vec::new()),
         PiiKind::FreeText => Choice::new("string", Vec::new()),
     }

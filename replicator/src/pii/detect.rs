@@ -142,23 +142,125 @@ pub fn tokens(name: &str) -> Vec<String> {
 /// Words that make a PII word describe something else: `email_verified`, `phone_count`,
 /// `card_type`, `has_email`, `ip_country`.
 const MODIFIERS: &[&str] = &[
-    "id", "ids", "uuid", "count", "cnt", "verified", "confirmed", "valid", "validated", "type", "kind", "status",
-    "flag", "enabled", "disabled", "hash", "hashed", "digest", "encrypted", "enc", "token", "opt", "optin", "optout",
-    "consent", "format", "template", "domain", "provider", "bounce", "bounced", "sent", "updated", "created", "changed",
-    "code", "country", "prefix", "extension", "ext", "last4", "four", "mask", "masked", "length", "len", "required",
-    "preference", "preferences", "visible", "is", "has", "brand", "expiry", "exp", "expires", "version", "app", "device",
-    "platform", "os", "carrier", "region", "city", "state", "zip", "fingerprint", "salt", "key",
+    "id",
+    "ids",
+    "uuid",
+    "count",
+    "cnt",
+    "verified",
+    "confirmed",
+    "valid",
+    "validated",
+    "type",
+    "kind",
+    "status",
+    "flag",
+    "enabled",
+    "disabled",
+    "hash",
+    "hashed",
+    "digest",
+    "encrypted",
+    "enc",
+    "token",
+    "opt",
+    "optin",
+    "optout",
+    "consent",
+    "format",
+    "template",
+    "domain",
+    "provider",
+    "bounce",
+    "bounced",
+    "sent",
+    "updated",
+    "created",
+    "changed",
+    "code",
+    "country",
+    "prefix",
+    "extension",
+    "ext",
+    "last4",
+    "four",
+    "mask",
+    "masked",
+    "length",
+    "len",
+    "required",
+    "preference",
+    "preferences",
+    "visible",
+    "is",
+    "has",
+    "brand",
+    "expiry",
+    "exp",
+    "expires",
+    "version",
+    "app",
+    "device",
+    "platform",
+    "os",
+    "carrier",
+    "region",
+    "city",
+    "state",
+    "zip",
+    "fingerprint",
+    "salt",
+    "key",
 ];
 
 const FREE_TEXT: &[&str] = &[
-    "note", "notes", "comment", "comments", "description", "bio", "biography", "message", "messages", "msg", "body",
-    "remark", "remarks", "memo", "about", "details", "feedback", "summary", "text", "content", "instructions",
+    "note",
+    "notes",
+    "comment",
+    "comments",
+    "description",
+    "bio",
+    "biography",
+    "message",
+    "messages",
+    "msg",
+    "body",
+    "remark",
+    "remarks",
+    "memo",
+    "about",
+    "details",
+    "feedback",
+    "summary",
+    "text",
+    "content",
+    "instructions",
 ];
 
 const PERSON: &[&str] = &[
-    "full", "contact", "customer", "person", "holder", "cardholder", "recipient", "billing", "shipping", "legal",
-    "patient", "employee", "owner", "member", "client", "guardian", "emergency", "spouse", "parent", "real", "display",
-    "maiden", "birth",
+    "full",
+    "contact",
+    "customer",
+    "person",
+    "holder",
+    "cardholder",
+    "recipient",
+    "billing",
+    "shipping",
+    "legal",
+    "patient",
+    "employee",
+    "owner",
+    "member",
+    "client",
+    "guardian",
+    "emergency",
+    "spouse",
+    "parent",
+    "real",
+    "display",
+    "maiden",
+    "birth",
 ];
 
 /// The kind of PII a column's name suggests, if any. `FreeText` means "may hold PII
@@ -169,9 +271,17 @@ pub fn by_name(name: &str) -> Option<PiiKind> {
     let starts = |p: &str| t.iter().any(|x| x.starts_with(p));
     let joined = t.join("_");
     // Identity numbers first: their names end in `id`, a modifier elsewhere.
-    if has("ssn") || joined.contains("social_security") || starts("passport") || joined.contains("national_id")
-        || has("nationalid") || joined.contains("tax_id") || has("taxid") || has("nino") || joined.contains("driver_licen")
-        || joined.contains("drivers_licen") || joined.contains("driving_licen")
+    if has("ssn")
+        || joined.contains("social_security")
+        || starts("passport")
+        || joined.contains("national_id")
+        || has("nationalid")
+        || joined.contains("tax_id")
+        || has("taxid")
+        || has("nino")
+        || joined.contains("driver_licen")
+        || joined.contains("drivers_licen")
+        || joined.contains("driving_licen")
     {
         return Some(PiiKind::NationalId);
     }
@@ -181,13 +291,22 @@ pub fn by_name(name: &str) -> Option<PiiKind> {
     if has("email") || has("emails") || has("mail") && !has("box") || starts("emailaddr") || joined == "e_mail" {
         return Some(PiiKind::Email);
     }
-    if has("ip") || has("ipv4") || has("ipv6") || starts("ipaddr") || joined.contains("remote_addr") || joined.contains("client_addr")
+    if has("ip")
+        || has("ipv4")
+        || has("ipv6")
+        || starts("ipaddr")
+        || joined.contains("remote_addr")
+        || joined.contains("client_addr")
         || joined.contains("forwarded_for")
     {
         return Some(PiiKind::IpAddress);
     }
     let card_word = has("card") || has("cc") || has("credit");
-    if has("creditcard") || starts("cardnum") || starts("ccnum") || has("pan") || joined.contains("credit_card")
+    if has("creditcard")
+        || starts("cardnum")
+        || starts("ccnum")
+        || has("pan")
+        || joined.contains("credit_card")
         || card_word && (has("number") || has("num") || has("no") || has("nr"))
     {
         return Some(PiiKind::CardNumber);
@@ -195,17 +314,31 @@ pub fn by_name(name: &str) -> Option<PiiKind> {
     if has("dob") || starts("birth") || joined.contains("of_birth") || starts("dateofbirth") || joined.starts_with("born_") {
         return Some(PiiKind::BirthDate);
     }
-    if starts("phone") || starts("telephone") || has("tel") || starts("mobile") || has("cell") || starts("cellphone") || has("fax")
+    if starts("phone")
+        || starts("telephone")
+        || has("tel")
+        || starts("mobile")
+        || has("cell")
+        || starts("cellphone")
+        || has("fax")
         || has("msisdn")
     {
         return Some(PiiKind::Phone);
     }
-    if has("firstname") || has("forename") || has("fname") || has("givenname") || has("middlename")
+    if has("firstname")
+        || has("forename")
+        || has("fname")
+        || has("givenname")
+        || has("middlename")
         || (has("first") || has("given") || has("middle")) && has("name")
     {
         return Some(PiiKind::FirstName);
     }
-    if has("lastname") || has("surname") || has("lname") || has("familyname") || has("maidenname")
+    if has("lastname")
+        || has("surname")
+        || has("lname")
+        || has("familyname")
+        || has("maidenname")
         || (has("last") || has("family") || has("maiden")) && has("name")
     {
         return Some(PiiKind::LastName);
@@ -214,7 +347,8 @@ pub fn by_name(name: &str) -> Option<PiiKind> {
         return Some(PiiKind::FullName);
     }
     let not_postal = ["mac", "wallet", "contract", "server", "host", "url", "web", "website", "link", "memory", "mem", "bitcoin", "eth"];
-    if (starts("address") || starts("addr") || has("street") || has("streetaddress")) && !t.iter().any(|x| not_postal.contains(&x.as_str())) {
+    if (starts("address") || starts("addr") || has("street") || has("streetaddress")) && !t.iter().any(|x| not_postal.contains(&x.as_str()))
+    {
         return Some(PiiKind::Address);
     }
     if t.iter().any(|x| FREE_TEXT.contains(&x.as_str())) {
@@ -234,7 +368,10 @@ macro_rules! pattern {
 }
 
 pattern!(email_re, r"[A-Za-z0-9._%+'-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}");
-pattern!(address_re, r"(?i)\b\d{1,6}[A-Za-z]?\s+(?:[A-Za-z0-9.'-]+\s+){1,4}(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|way|place|pl|terrace|parkway|pkwy|circle|cir|highway|hwy|square|sq|trail|trl|crescent|close|alley|plaza)\b|(?i)\bp\.?\s?o\.?\s+box\s+\d+");
+pattern!(
+    address_re,
+    r"(?i)\b\d{1,6}[A-Za-z]?\s+(?:[A-Za-z0-9.'-]+\s+){1,4}(?:street|st|avenue|ave|road|rd|boulevard|blvd|lane|ln|drive|dr|court|ct|way|place|pl|terrace|parkway|pkwy|circle|cir|highway|hwy|square|sq|trail|trl|crescent|close|alley|plaza)\b|(?i)\bp\.?\s?o\.?\s+box\s+\d+"
+);
 pattern!(phone_candidate_re, r"\+?\(?\d[\d ().-]{5,20}\d");
 pattern!(ssn_re, r"\b(\d{3})-(\d{2})-(\d{4})\b");
 pattern!(card_candidate_re, r"\b\d(?:[ -]?\d){12,18}\b");
@@ -577,4 +714,3 @@ fn matches(kind: PiiKind, values: &[String], today: i64) -> usize {
         k => count(&|v| classify_value(v) == Some(k)),
     }
 }
-

@@ -77,8 +77,7 @@ pub fn scan(client: &mut Client, schema: &SourceSchema, sample: usize) -> Result
     let base = base_types(client, schema)?;
     let mut tables = Vec::new();
     for t in &schema.tables {
-        let classes: Vec<TypeClass> =
-            t.columns.iter().map(|c| TypeClass::of(base.get(&c.type_oid).map_or("", String::as_str))).collect();
+        let classes: Vec<TypeClass> = t.columns.iter().map(|c| TypeClass::of(base.get(&c.type_oid).map_or("", String::as_str))).collect();
         let (mut values, unreadable) = match sample_table(client, t, &classes, sample) {
             Ok(v) => (v, None),
             Err(e) => match e.as_db_error() {

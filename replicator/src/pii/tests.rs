@@ -3,8 +3,8 @@ use std::collections::BTreeSet;
 use super::config_writer::{choose, to_yaml, yaml_str, Param};
 use super::detect::*;
 use super::scan::{ColumnReport, ScanReport, TableReport};
-use crate::civil_date::{civil_date, days_from_civil};
 use crate::catalog::{Column, SourceSchema, Table};
+use crate::civil_date::{civil_date, days_from_civil};
 use crate::transform::TransformConfig;
 
 /// 2025-06-01, so ages in these tests do not drift.
@@ -81,7 +81,18 @@ fn values_are_recognised_by_their_shape() {
     for p in ["+1 (555) 123-4567", "555-123-4567", "+44 20 7946 0958", "(02) 9876 5432", "555.123.4567", "555-1234 ext. 12"] {
         assert!(is_phone(p), "{p}");
     }
-    for p in ["2024-01-02", "12.03.2024", "192.168.1.20", "123-45-6789", "4111 1111 1111 1111", "12345678", "3.14159265", "-1234567", "12-34", "12345-6789"] {
+    for p in [
+        "2024-01-02",
+        "12.03.2024",
+        "192.168.1.20",
+        "123-45-6789",
+        "4111 1111 1111 1111",
+        "12345678",
+        "3.14159265",
+        "-1234567",
+        "12-34",
+        "12345-6789",
+    ] {
         assert!(!is_phone(p), "{p}");
     }
     assert_eq!(classify_value("42 Maple Street, Springfield"), Some(PiiKind::Address));
@@ -91,11 +102,7 @@ fn values_are_recognised_by_their_shape() {
     assert_eq!(is_birth_date("2024-04-12", today()), None, "too young");
     assert_eq!(is_birth_date("1900-01-01", today()), None, "too old");
     let found = embedded("Call me at 555-867-5309 or mail jo@example.org; card 4111-1111-1111-1111, from 10.1.2.3");
-    assert_eq!(
-        found,
-        BTreeSet::from([PiiKind::Email, PiiKind::Phone, PiiKind::CardNumber, PiiKind::IpAddress]),
-        "{found:?}"
-    );
+    assert_eq!(found, BTreeSet::from([PiiKind::Email, PiiKind::Phone, PiiKind::CardNumber, PiiKind::IpAddress]), "{found:?}");
     assert!(embedded("shipped 3 boxes on 2024-01-02, order 12345678, v1.2.3").is_empty());
     assert_eq!(civil_date(days_from_civil(2024, 2, 29)), "2024-02-29");
     assert_eq!(max_len("character varying(40)"), Some(40));
@@ -204,7 +211,10 @@ fn table(schema: &str, name: &str, cols: &[(&str, &str)], unique: &[&str], gener
     Table {
         schema: schema.into(),
         name: name.into(),
-        columns: cols.iter().map(|(n, t)| Column { name: n.to_string(), type_name: t.to_string(), type_oid: 25, not_null: false }).collect(),
+        columns: cols
+            .iter()
+            .map(|(n, t)| Column { name: n.to_string(), type_name: t.to_string(), type_oid: 25, not_null: false })
+            .collect(),
         generated: generated.iter().map(|s| s.to_string()).collect(),
         key: vec![],
         replica_identity: 'd',
@@ -241,7 +251,8 @@ fn the_written_config_parses_covers_every_column_and_passes_strict_validation() 
         ],
         unreadable: None,
     };
-    let odd = TableReport { table: "Odd: Schema.null".into(), columns: vec![], unreadable: Some("permission denied for table null".into()) };
+    let odd =
+        TableReport { table: "Odd: Schema.null".into(), columns: vec![], unreadable: Some("permission denied for table null".into()) };
     let report = ScanReport { source: "postgresql://u:***@h/db".into(), date: "2025-06-01".into(), sample: 10, tables: vec![odd, users] };
     let yaml = to_yaml(&report, &schema);
     let cfg = TransformConfig::parse("transform.yaml", &yaml).unwrap_or_else(|e| panic!("{e}\n{yaml}"));

@@ -86,13 +86,7 @@ pub struct SourceTls {
 
 impl Default for SourceTls {
     fn default() -> Self {
-        SourceTls {
-            mode: SslMode::Prefer,
-            root_cert: None,
-            cert: None,
-            key: None,
-            channel_binding: ChannelBinding::Prefer,
-        }
+        SourceTls { mode: SslMode::Prefer, root_cert: None, cert: None, key: None, channel_binding: ChannelBinding::Prefer }
     }
 }
 
@@ -102,12 +96,10 @@ pub enum TlsError {
     #[error("TLS settings in --source-url: {0}")]
     BadParam(String),
     #[error("cannot read {param}={path}: {reason}")]
-    File {
-        param: &'static str,
-        path: String,
-        reason: String,
-    },
-    #[error("the source's TLS certificate is not signed by {roots} ({detail}); check sslrootcert, or that the URL reaches the server you mean")]
+    File { param: &'static str, path: String, reason: String },
+    #[error(
+        "the source's TLS certificate is not signed by {roots} ({detail}); check sslrootcert, or that the URL reaches the server you mean"
+    )]
     UnknownCa { roots: String, detail: String },
     #[error("the source's certificate is for {presented}, not for {host} (sslmode=verify-full); connect with a host name the certificate names (host= in the URL), or use sslmode=verify-ca")]
     WrongHost { host: String, presented: String },
@@ -137,10 +129,9 @@ impl SourceTls {
         let bad = |s: String| Err(TlsError::BadParam(s));
         let mode = match (mode, &root_cert) {
             (None, Some(RootCert::System)) => SslMode::VerifyFull,
-            (Some(m), Some(RootCert::System)) if m != SslMode::VerifyFull => return bad(format!(
-                "weak sslmode={} may not be used with sslrootcert=system (use sslmode=verify-full)",
-                m.name()
-            )),
+            (Some(m), Some(RootCert::System)) if m != SslMode::VerifyFull => {
+                return bad(format!("weak sslmode={} may not be used with sslrootcert=system (use sslmode=verify-full)", m.name()))
+            }
             (m, _) => m.unwrap_or(SslMode::Prefer),
         };
         if matches!(mode, SslMode::VerifyCa | SslMode::VerifyFull) && root_cert.is_none() {
@@ -153,20 +144,12 @@ impl SourceTls {
             return bad("sslkey is given without sslcert".into());
         }
         if cert.is_some() && key.is_none() {
-            return bad(
-                "sslcert is given without sslkey (the client certificate's private key)".into(),
-            );
+            return bad("sslcert is given without sslkey (the client certificate's private key)".into());
         }
         if channel_binding == ChannelBinding::Require && mode == SslMode::Disable {
             return bad("channel_binding=require needs TLS, but sslmode=disable".into());
         }
-        Ok(SourceTls {
-            mode,
-            root_cert,
-            cert,
-            key,
-            channel_binding,
-        })
+        Ok(SourceTls { mode, root_cert, cert, key, channel_binding })
     }
 
     pub fn verify(&self) -> Verify {
@@ -194,10 +177,7 @@ impl SourceTls {
         let mut out = vec![("sslmode", self.mode.name().to_string())];
         match &self.root_cert {
             Some(RootCert::File(p)) => out.push(("sslrootcert", p.display().to_string())),
-            Some(RootCert::System) => out.push((
-                "sslrootcert",
-                system_bundle().unwrap_or_else(|| "system".into()),
-            )),
+            Some(RootCert::System) => out.push(("sslrootcert", system_bundle().unwrap_or_else(|| "system".into()))),
             None => {}
         }
         if let Some(p) = &self.cert {
@@ -218,33 +198,23 @@ impl SourceTls {
 
 /// The OS bundle of trusted CA certificates, where libpq can read it.
 fn system_bundle() -> Option<String> {
-    [
-        "/etc/ssl/certs/ca-certificates.crt",
-        "/etc/pki/tls/certs/ca-bundle.crt",
-        "/etc/ssl/cert.pem",
-    ]
-    .into_iter()
-    .find(|p| std::path::Path::new(p).is_file())
-    .map(str::to_string)
+    ["/etc/ssl/certs/ca-certificates.crt", "/etc/pki/tls/certs/ca-bundle.crt", "/etc/ssl/cert.pem"]
+        .into_iter()
+        .find(|p| std::path::Path::new(p).is_file())
+        .map(str::to_string)
 }
 
 /// Explains a failed connection in TLS terms, when TLS is why it failed: looks for a
 /// rustls error in `err`'s chain (io::Errors wrap it), or tokio-postgres' "server does
 /// not support TLS". `host` is the name the certificate was checked against.
-pub fn explain(
-    err: &(dyn std::error::Error + 'static),
-    tls: &SourceTls,
-    host: &str,
-) -> Option<TlsError> {
+pub fn explain(err: &(dyn std::error::Error + 'static), tls: &SourceTls, host: &str) -> Option<TlsError> {
     let mut next = Some(err);
     while let Some(e) = next {
         if let Some(r) = find_rustls(e) {
             return Some(from_rustls(r, tls, host));
         }
         if e.to_string().contains("server does not support TLS") {
-            return Some(TlsError::NotOffered {
-                mode: tls.mode.name(),
-            });
+            return Some(TlsError::NotOffered { mode: tls.mode.name() });
         }
         next = e.source();
     }
@@ -264,43 +234,20 @@ pub fn from_rustls(e: &rustls::Error, tls: &SourceTls, host: &str) -> TlsError {
     use rustls::{AlertDescription as A, CertificateError as C};
     match e {
         rustls::Error::InvalidCertificate(c) => match c {
-            C::UnknownIssuer | C::BadSignature => TlsError::UnknownCa {
-                roots: tls.roots_text(),
-                detail: e.to_string(),
-            },
+            C::UnknownIssuer | C::BadSignature => TlsError::UnknownCa { roots: tls.roots_text(), detail: e.to_string() },
             C::NotValidForNameContext { presented, .. } => {
                 let names: Vec<String> = presented.iter().map(|n| pretty_name(n)).collect();
-                let presented = if names.is_empty() {
-                    "no host name at all".to_string()
-                } else {
-                    names.join(", ")
-                };
-                TlsError::WrongHost {
-                    host: host.to_string(),
-                    presented,
-                }
+                let presented = if names.is_empty() { "no host name at all".to_string() } else { names.join(", ") };
+                TlsError::WrongHost { host: host.to_string(), presented }
             }
-            C::NotValidForName => TlsError::WrongHost {
-                host: host.to_string(),
-                presented: "other names".into(),
-            },
+            C::NotValidForName => TlsError::WrongHost { host: host.to_string(), presented: "other names".into() },
             _ => TlsError::BadCertificate(e.to_string()),
         },
         rustls::Error::AlertReceived(a) => match (a, &tls.cert) {
-            (A::CertificateRequired, _) | (A::HandshakeFailure, None) => {
-                TlsError::ClientCertRequired
+            (A::CertificateRequired, _) | (A::HandshakeFailure, None) => TlsError::ClientCertRequired,
+            (A::UnknownCA | A::BadCertificate | A::CertificateUnknown | A::AccessDenied | A::DecryptError, Some(cert)) => {
+                TlsError::ClientCertRejected { cert: cert.display().to_string(), detail: format!("the source sent TLS alert {a:?}") }
             }
-            (
-                A::UnknownCA
-                | A::BadCertificate
-                | A::CertificateUnknown
-                | A::AccessDenied
-                | A::DecryptError,
-                Some(cert),
-            ) => TlsError::ClientCertRejected {
-                cert: cert.display().to_string(),
-                detail: format!("the source sent TLS alert {a:?}"),
-            },
             _ => TlsError::Handshake(e.to_string()),
         },
         _ => TlsError::Handshake(e.to_string()),
@@ -309,9 +256,6 @@ pub fn from_rustls(e: &rustls::Error, tls: &SourceTls, host: &str) -> TlsError {
 
 /// webpki's `DnsName("db.example")` / `IpAddress(10.0.0.1)` as `db.example` / `10.0.0.1`.
 fn pretty_name(n: &str) -> String {
-    let inner = n
-        .strip_prefix("DnsName(")
-        .or_else(|| n.strip_prefix("IpAddress("))
-        .and_then(|r| r.strip_suffix(')'));
+    let inner = n.strip_prefix("DnsName(").or_else(|| n.strip_prefix("IpAddress(")).and_then(|r| r.strip_suffix(')'));
     inner.map_or(n, |i| i.trim_matches('"')).to_string()
 }

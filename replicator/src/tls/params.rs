@@ -7,14 +7,7 @@ use std::path::PathBuf;
 use super::{ChannelBinding, RootCert, SourceTls, SslMode, TlsError};
 
 /// The parameters taken out of the string: what tokio-postgres' parser refuses.
-const TLS_KEYS: [&str; 6] = [
-    "sslmode",
-    "sslrootcert",
-    "sslcert",
-    "sslkey",
-    "channel_binding",
-    "ssl",
-];
+const TLS_KEYS: [&str; 6] = ["sslmode", "sslrootcert", "sslcert", "sslkey", "channel_binding", "ssl"];
 /// libpq parameters that are refused rather than silently dropped.
 const UNSUPPORTED: [&str; 4] = ["sslpassword", "sslcrl", "sslcrldir", "sslkeylogfile"];
 
@@ -26,11 +19,7 @@ fn is_url(s: &str) -> bool {
 /// parameters removed; `sslmode` is set on its Config by the caller) and the TLS
 /// settings, checked as libpq checks them.
 pub fn split(conn: &str) -> Result<(String, SourceTls), TlsError> {
-    let (rest, pairs) = if is_url(conn) {
-        split_url(conn)
-    } else {
-        split_keywords(conn)?
-    };
+    let (rest, pairs) = if is_url(conn) { split_url(conn) } else { split_keywords(conn)? };
     let mut mode = None;
     let (mut root_cert, mut cert, mut key) = (None, None, None);
     let mut channel_binding = ChannelBinding::Prefer;
@@ -64,10 +53,7 @@ pub fn split(conn: &str) -> Result<(String, SourceTls), TlsError> {
             }
         }
     }
-    Ok((
-        rest,
-        SourceTls::new(mode, root_cert, cert, key, channel_binding)?,
-    ))
+    Ok((rest, SourceTls::new(mode, root_cert, cert, key, channel_binding)?))
 }
 
 fn wanted(key: &str) -> bool {
@@ -89,11 +75,7 @@ fn split_url(url: &str) -> (String, Vec<(String, String)>) {
             kept.push(part);
         }
     }
-    let rest = if kept.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", kept.join("&"))
-    };
+    let rest = if kept.is_empty() { base.to_string() } else { format!("{base}?{}", kept.join("&")) };
     (rest, taken)
 }
 
@@ -103,11 +85,7 @@ fn decode(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         let hex = |c: u8| (c as char).to_digit(16);
-        match (
-            b[i],
-            b.get(i + 1).and_then(|&c| hex(c)),
-            b.get(i + 2).and_then(|&c| hex(c)),
-        ) {
+        match (b[i], b.get(i + 1).and_then(|&c| hex(c)), b.get(i + 2).and_then(|&c| hex(c))) {
             (b'%', Some(h), Some(l)) => {
                 out.push((h * 16 + l) as u8);
                 i += 3;
@@ -156,9 +134,7 @@ fn keywords(s: &str) -> Result<Vec<(String, String)>, TlsError> {
         if it.next_if_eq(&'\'').is_some() {
             loop {
                 match it.next() {
-                    Some('\\') => {
-                        value.push(it.next().ok_or_else(|| bad("unterminated quoted string"))?)
-                    }
+                    Some('\\') => value.push(it.next().ok_or_else(|| bad("unterminated quoted string"))?),
                     Some('\'') => break,
                     Some(c) => value.push(c),
                     None => return Err(bad("unterminated quoted string")),
@@ -166,11 +142,7 @@ fn keywords(s: &str) -> Result<Vec<(String, String)>, TlsError> {
             }
         } else {
             while let Some(c) = it.next_if(|c| !c.is_whitespace()) {
-                value.push(if c == '\\' {
-                    it.next().unwrap_or('\\')
-                } else {
-                    c
-                });
+                value.push(if c == '\\' { it.next().unwrap_or('\\') } else { c });
             }
         }
         out.push((key, value));
@@ -183,11 +155,7 @@ fn quote(v: &str) -> String {
 
 fn split_keywords(s: &str) -> Result<(String, Vec<(String, String)>), TlsError> {
     let (taken, kept): (Vec<_>, Vec<_>) = keywords(s)?.into_iter().partition(|(k, _)| wanted(k));
-    let rest = kept
-        .iter()
-        .map(|(k, v)| format!("{k}={}", quote(v)))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let rest = kept.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect::<Vec<_>>().join(" ");
     Ok((rest, taken))
 }
 
@@ -201,31 +169,16 @@ pub fn set_params(conn: &str, params: &[(&str, String)]) -> Result<String, TlsEr
                 None => pairs.push((k.to_string(), v.clone())),
             }
         }
-        return Ok(pairs
-            .iter()
-            .map(|(k, v)| format!("{k}={}", quote(v)))
-            .collect::<Vec<_>>()
-            .join(" "));
+        return Ok(pairs.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect::<Vec<_>>().join(" "));
     }
     let (base, query) = conn.split_once('?').unwrap_or((conn, ""));
-    let mut parts: Vec<String> = query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(str::to_string)
-        .collect();
+    let mut parts: Vec<String> = query.split('&').filter(|p| !p.is_empty()).map(str::to_string).collect();
     for (k, v) in params {
         let new = format!("{k}={}", encode(v));
-        match parts
-            .iter_mut()
-            .find(|p| decode(p.split_once('=').map_or(p.as_str(), |(pk, _)| pk)) == *k)
-        {
+        match parts.iter_mut().find(|p| decode(p.split_once('=').map_or(p.as_str(), |(pk, _)| pk)) == *k) {
             Some(p) => *p = new,
             None => parts.push(new),
         }
     }
-    Ok(if parts.is_empty() {
-        base.to_string()
-    } else {
-        format!("{base}?{}", parts.join("&"))
-    })
+    Ok(if parts.is_empty() { base.to_string() } else { format!("{base}?{}", parts.join("&")) })
 }

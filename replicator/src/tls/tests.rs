@@ -20,15 +20,9 @@ fn tls_params_are_taken_out_of_the_url_and_decoded() {
         "postgresql://u:p@127.0.0.1:5432/db?sslmode=verify-full&sslrootcert=%2Ftmp%2Fmy%20ca.pem&host=localhost&sslcert=/c.crt&sslkey=/c.key&channel_binding=require&connect_timeout=3",
     )
     .unwrap();
-    assert_eq!(
-        rest,
-        "postgresql://u:p@127.0.0.1:5432/db?host=localhost&connect_timeout=3"
-    );
+    assert_eq!(rest, "postgresql://u:p@127.0.0.1:5432/db?host=localhost&connect_timeout=3");
     assert_eq!(t.mode, SslMode::VerifyFull);
-    assert_eq!(
-        t.root_cert,
-        Some(RootCert::File(PathBuf::from("/tmp/my ca.pem")))
-    );
+    assert_eq!(t.root_cert, Some(RootCert::File(PathBuf::from("/tmp/my ca.pem"))));
     assert_eq!(t.cert, Some(PathBuf::from("/c.crt")));
     assert_eq!(t.key, Some(PathBuf::from("/c.key")));
     assert_eq!(t.channel_binding, ChannelBinding::Require);
@@ -39,42 +33,19 @@ fn tls_params_are_taken_out_of_the_url_and_decoded() {
 
 #[test]
 fn modes_verify_as_libpq_does() {
-    assert_eq!(
-        tls("postgresql://h/db?sslmode=require").verify(),
-        Verify::Nothing
-    );
+    assert_eq!(tls("postgresql://h/db?sslmode=require").verify(), Verify::Nothing);
     // A root certificate file makes require (and prefer) verify the chain.
-    assert_eq!(
-        tls("postgresql://h/db?sslmode=require&sslrootcert=/ca").verify(),
-        Verify::Chain
-    );
-    assert_eq!(
-        tls("postgresql://h/db?sslrootcert=/ca").verify(),
-        Verify::Chain
-    );
-    assert_eq!(
-        tls("postgresql://h/db?sslmode=verify-ca&sslrootcert=/ca").verify(),
-        Verify::Chain
-    );
-    assert_eq!(
-        tls("postgresql://h/db?sslmode=disable").mode,
-        SslMode::Disable
-    );
+    assert_eq!(tls("postgresql://h/db?sslmode=require&sslrootcert=/ca").verify(), Verify::Chain);
+    assert_eq!(tls("postgresql://h/db?sslrootcert=/ca").verify(), Verify::Chain);
+    assert_eq!(tls("postgresql://h/db?sslmode=verify-ca&sslrootcert=/ca").verify(), Verify::Chain);
+    assert_eq!(tls("postgresql://h/db?sslmode=disable").mode, SslMode::Disable);
     assert_eq!(tls("postgresql://h/db?sslmode=allow").mode, SslMode::Allow);
     assert_eq!(tls("postgresql://h/db?ssl=true").mode, SslMode::Require);
     // sslrootcert=system defaults to verify-full and refuses weaker modes.
     let sys = tls("postgresql://h/db?sslrootcert=system");
-    assert_eq!(
-        (sys.mode, sys.root_cert),
-        (SslMode::VerifyFull, Some(RootCert::System))
-    );
-    let e = split("postgresql://h/db?sslrootcert=system&sslmode=require")
-        .unwrap_err()
-        .to_string();
-    assert!(
-        e.contains("weak sslmode=require") && e.contains("verify-full"),
-        "{e}"
-    );
+    assert_eq!((sys.mode, sys.root_cert), (SslMode::VerifyFull, Some(RootCert::System)));
+    let e = split("postgresql://h/db?sslrootcert=system&sslmode=require").unwrap_err().to_string();
+    assert!(e.contains("weak sslmode=require") && e.contains("verify-full"), "{e}");
 }
 
 #[test]
@@ -91,15 +62,9 @@ fn bad_combinations_are_refused_with_the_reason() {
 
 #[test]
 fn keyword_value_strings_work_too() {
-    let (rest, t) = split(
-        "host=h port=5 user=u password='a b\\'c' sslmode=verify-ca sslrootcert='/x y/ca.pem'",
-    )
-    .unwrap();
+    let (rest, t) = split("host=h port=5 user=u password='a b\\'c' sslmode=verify-ca sslrootcert='/x y/ca.pem'").unwrap();
     assert_eq!(t.mode, SslMode::VerifyCa);
-    assert_eq!(
-        t.root_cert,
-        Some(RootCert::File(PathBuf::from("/x y/ca.pem")))
-    );
+    assert_eq!(t.root_cert, Some(RootCert::File(PathBuf::from("/x y/ca.pem"))));
     let c: postgres::Config = rest.parse().unwrap();
     assert_eq!(c.get_password(), Some(&b"a b'c"[..]));
     assert!(split("host=h sslmode").is_err());
@@ -109,21 +74,12 @@ fn keyword_value_strings_work_too() {
 fn set_params_replaces_or_adds() {
     let u = set_params(
         "postgresql://u@h/db?sslrootcert=/old&sslmode=verify-full",
-        &[
-            ("sslrootcert", "/new dir/root.crt".into()),
-            ("channel_binding", "require".into()),
-        ],
+        &[("sslrootcert", "/new dir/root.crt".into()), ("channel_binding", "require".into())],
     )
     .unwrap();
     assert_eq!(u, "postgresql://u@h/db?sslrootcert=/new%20dir/root.crt&sslmode=verify-full&channel_binding=require");
-    assert_eq!(
-        tls(&u).root_cert,
-        Some(RootCert::File(PathBuf::from("/new dir/root.crt")))
-    );
-    assert_eq!(
-        set_params("postgresql://h/db", &[("sslmode", "require".into())]).unwrap(),
-        "postgresql://h/db?sslmode=require"
-    );
+    assert_eq!(tls(&u).root_cert, Some(RootCert::File(PathBuf::from("/new dir/root.crt"))));
+    assert_eq!(set_params("postgresql://h/db", &[("sslmode", "require".into())]).unwrap(), "postgresql://h/db?sslmode=require");
     let k = set_params("host=h sslrootcert=/old", &[("sslrootcert", "/n".into())]).unwrap();
     assert_eq!(k, "host='h' sslrootcert='/n'");
 }
@@ -132,13 +88,8 @@ fn set_params_replaces_or_adds() {
 fn libpq_params_carry_every_setting() {
     let t = tls("postgresql://h/db?sslmode=verify-full&sslrootcert=/ca&sslcert=/c&sslkey=/k&channel_binding=require");
     let p = t.libpq_params();
-    for (k, v) in [
-        ("sslmode", "verify-full"),
-        ("sslrootcert", "/ca"),
-        ("sslcert", "/c"),
-        ("sslkey", "/k"),
-        ("channel_binding", "require"),
-    ] {
+    for (k, v) in [("sslmode", "verify-full"), ("sslrootcert", "/ca"), ("sslcert", "/c"), ("sslkey", "/k"), ("channel_binding", "require")]
+    {
         assert!(p.contains(&(k, v.to_string())), "{k}={v} in {p:?}");
     }
 }
@@ -146,32 +97,16 @@ fn libpq_params_carry_every_setting() {
 #[test]
 fn rustls_errors_read_as_the_settings_say() {
     let t = tls("postgresql://h/db?sslmode=verify-full&sslrootcert=/etc/ca.pem");
-    let e = from_rustls(
-        &rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
-        &t,
-        "h",
-    )
-    .to_string();
-    assert!(
-        e.contains("not signed by the CA in sslrootcert=/etc/ca.pem"),
-        "{e}"
-    );
+    let e = from_rustls(&rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer), &t, "h").to_string();
+    assert!(e.contains("not signed by the CA in sslrootcert=/etc/ca.pem"), "{e}");
     let wrong = rustls::CertificateError::NotValidForNameContext {
         expected: rustls_pki_types::ServerName::try_from("db.example").unwrap(),
         presented: vec!["DnsName(\"other.example\")".into()],
     };
     let e = from_rustls(&rustls::Error::InvalidCertificate(wrong), &t, "db.example").to_string();
-    assert!(
-        e.contains("is for other.example, not for db.example (sslmode=verify-full)"),
-        "{e}"
-    );
+    assert!(e.contains("is for other.example, not for db.example (sslmode=verify-full)"), "{e}");
     // Found inside an io::Error, as tokio-postgres and rustls' streams wrap it.
-    let io = std::io::Error::new(
-        std::io::ErrorKind::InvalidData,
-        rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
-    );
-    assert!(matches!(
-        explain(&io, &t, "h"),
-        Some(TlsError::UnknownCa { .. })
-    ));
+    let io =
+        std::io::Error::new(std::io::ErrorKind::InvalidData, rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer));
+    assert!(matches!(explain(&io, &t, "h"), Some(TlsError::UnknownCa { .. })));
 }

@@ -135,6 +135,9 @@ fn entry_lines(text: &str) -> Vec<(usize, BTreeMap<String, usize>)> {
     entries
 }
 
+// Config errors are cold (a user's file, read once) and carry file, line, table and
+// column for the message: their size costs nothing worth boxing them for.
+#[allow(clippy::result_large_err)]
 impl TransformConfig {
     pub fn parse(file: &str, text: &str) -> Result<TransformConfig, ConfigError> {
         let raw: RawConfig = yaml_serde::from_str(text).map_err(|e| {
@@ -228,10 +231,8 @@ impl TransformConfig {
     /// The transformers of `table` by column position, for rows laid out as `columns`.
     pub fn plan(&self, table: &str, columns: &[String]) -> TablePlan {
         let cols = self.tables.get(table);
-        let by_position: Vec<Option<Arc<Transformer>>> = columns
-            .iter()
-            .map(|c| cols.and_then(|t| t.get(c)).filter(|tr| !matches!(***tr, Transformer::Keep)).cloned())
-            .collect();
+        let by_position: Vec<Option<Arc<Transformer>>> =
+            columns.iter().map(|c| cols.and_then(|t| t.get(c)).filter(|tr| !matches!(***tr, Transformer::Keep)).cloned()).collect();
         let has_template = by_position.iter().flatten().any(|t| t.is_template());
         TablePlan { columns: columns.to_vec(), by_position, has_template }
     }

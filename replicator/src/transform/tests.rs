@@ -64,7 +64,11 @@ fn strict_validation_lists_uncovered_columns_and_unique_columns_need_injective_t
     let unique_email = BTreeSet::from([("public.users".to_string(), "email".to_string())]);
     cfg.validate(&schema, &unique_email, false).unwrap();
     let missing_table = BTreeMap::from([("public.orders".to_string(), vec!["id".to_string()])]);
-    assert!(cfg.validate(&missing_table, &BTreeSet::new(), false).unwrap_err().to_string().contains("public.users is in the config but not replicated"));
+    assert!(cfg
+        .validate(&missing_table, &BTreeSet::new(), false)
+        .unwrap_err()
+        .to_string()
+        .contains("public.users is in the config but not replicated"));
 }
 
 #[test]
@@ -101,7 +105,10 @@ fn every_transformer_does_what_it_says() {
     let c = apply(&build("name: choice\nparameters: {values: [a, b]}"), "zzz");
     assert!(c == Value::Text("a".into()) || c == Value::Text("b".into()));
     assert_eq!(text(&apply(&build("name: uuid"), "x")).len(), 36);
-    assert_eq!(apply(&build("name: regex_replace\nparameters: {pattern: '[0-9]', replacement: '#'}"), "a1b22"), Value::Text("a#b##".into()));
+    assert_eq!(
+        apply(&build("name: regex_replace\nparameters: {pattern: '[0-9]', replacement: '#'}"), "a1b22"),
+        Value::Text("a#b##".into())
+    );
     let j = apply(&build("name: json\nparameters: {set: {ssn: hidden}, delete: [dob]}"), r#"{"ssn":"123","dob":"1990","k":1}"#);
     assert_eq!(j, Value::Text(r#"{"k":1,"ssn":"hidden"}"#.into()));
     assert_eq!(text(&apply(&build("name: string"), "secret")).len(), 6);

@@ -122,9 +122,30 @@ fn param_str(p: &yaml_serde::Value, key: &str) -> Result<String, BuildError> {
 
 impl Transformer {
     pub const NAMES: &'static [&'static str] = &[
-        "keep", "null", "literal", "email", "neosync_email", "first_name", "neosync_firstname", "last_name",
-        "neosync_lastname", "full_name", "neosync_fullname", "phone", "address", "string", "hash", "int_noise",
-        "float_noise", "date_noise", "choice", "uuid", "regex_replace", "template", "json", "masking",
+        "keep",
+        "null",
+        "literal",
+        "email",
+        "neosync_email",
+        "first_name",
+        "neosync_firstname",
+        "last_name",
+        "neosync_lastname",
+        "full_name",
+        "neosync_fullname",
+        "phone",
+        "address",
+        "string",
+        "hash",
+        "int_noise",
+        "float_noise",
+        "date_noise",
+        "choice",
+        "uuid",
+        "regex_replace",
+        "template",
+        "json",
+        "masking",
     ];
 
     pub fn from_config(name: &str, p: &yaml_serde::Value) -> Result<Transformer, BuildError> {
@@ -157,7 +178,9 @@ impl Transformer {
                 Transformer::IntNoise { min, max }
             }
             "float_noise" => {
-                let f = |k: &str, d: f64| p.get(k).map_or(Ok(d), |v| v.as_f64().ok_or_else(|| BuildError::Parameter(format!("parameter '{k}' must be a number"))));
+                let f = |k: &str, d: f64| {
+                    p.get(k).map_or(Ok(d), |v| v.as_f64().ok_or_else(|| BuildError::Parameter(format!("parameter '{k}' must be a number"))))
+                };
                 let (min, max) = (f("min", -1.0)?, f("max", 1.0)?);
                 if min > max {
                     return Err(BuildError::Parameter(format!("min ({min}) is greater than max ({max})")));
@@ -212,7 +235,11 @@ impl Transformer {
                 Some("first_name") => Transformer::FirstName { preserve_length: false },
                 Some("last_name") => Transformer::LastName { preserve_length: false },
                 Some("string") => Transformer::String,
-                Some(other) => return Err(BuildError::Parameter(format!("unknown masking type '{other}' (address, email, phone, name, first_name, last_name, string)"))),
+                Some(other) => {
+                    return Err(BuildError::Parameter(format!(
+                        "unknown masking type '{other}' (address, email, phone, name, first_name, last_name, string)"
+                    )))
+                }
                 None => return Err(BuildError::Parameter("parameter 'type' is required".into())),
             },
             _ => return Err(BuildError::Unknown),
@@ -262,7 +289,13 @@ impl Transformer {
     /// Transforms one value; `row` holds the row's other (transformed) columns.
     pub fn apply(&self, key: &[u8; 32], _column: &str, value: &Value, row: &BTreeMap<String, Value>) -> Value {
         let text = match value {
-            Value::Null => return if matches!(self, Transformer::Literal(_) | Transformer::Template(_)) { self.apply(key, _column, &Value::Text(String::new()), row) } else { Value::Null },
+            Value::Null => {
+                return if matches!(self, Transformer::Literal(_) | Transformer::Template(_)) {
+                    self.apply(key, _column, &Value::Text(String::new()), row)
+                } else {
+                    Value::Null
+                }
+            }
             Value::Text(t) => t.as_str(),
         };
         let mut rng = Stream::new(key, self.name(), text);
@@ -287,15 +320,27 @@ impl Transformer {
             }
             Transformer::FirstName { preserve_length } => {
                 let n = rng.pick(words::FIRST_NAMES).to_string();
-                if *preserve_length { fit(n, text.chars().count(), &mut rng) } else { n }
+                if *preserve_length {
+                    fit(n, text.chars().count(), &mut rng)
+                } else {
+                    n
+                }
             }
             Transformer::LastName { preserve_length } => {
                 let n = rng.pick(words::LAST_NAMES).to_string();
-                if *preserve_length { fit(n, text.chars().count(), &mut rng) } else { n }
+                if *preserve_length {
+                    fit(n, text.chars().count(), &mut rng)
+                } else {
+                    n
+                }
             }
             Transformer::FullName { preserve_length } => {
                 let n = format!("{} {}", rng.pick(words::FIRST_NAMES), rng.pick(words::LAST_NAMES));
-                if *preserve_length { fit(n, text.chars().count(), &mut rng) } else { n }
+                if *preserve_length {
+                    fit(n, text.chars().count(), &mut rng)
+                } else {
+                    n
+                }
             }
             Transformer::Phone => {
                 let mut first = true;

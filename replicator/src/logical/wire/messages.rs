@@ -12,16 +12,11 @@ use super::{Result, WireError};
 
 /// Microseconds since 2000-01-01 (the server's clock epoch).
 pub(super) fn now_pg_micros() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_micros() as i64
-        - 946_684_800_000_000
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_micros() as i64 - 946_684_800_000_000
 }
 
 pub(super) fn parse_error_fields(body: &[u8]) -> WireError {
-    let (mut code, mut message, mut detail, mut severity) =
-        (String::new(), String::new(), None, String::new());
+    let (mut code, mut message, mut detail, mut severity) = (String::new(), String::new(), None, String::new());
     let mut rest = body;
     while let Some((&kind, tail)) = rest.split_first() {
         if kind == 0 {
@@ -41,11 +36,7 @@ pub(super) fn parse_error_fields(body: &[u8]) -> WireError {
     if !severity.is_empty() {
         message = format!("{severity}: {message}");
     }
-    WireError::Server {
-        code,
-        message,
-        detail,
-    }
+    WireError::Server { code, message, detail }
 }
 
 pub(super) fn proto(e: impl fmt::Display) -> WireError {
@@ -57,10 +48,7 @@ pub(super) fn be_u64(b: &[u8]) -> u64 {
 }
 
 pub(super) fn connect_tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(
-        io::ErrorKind::NotFound,
-        "the host name resolves to no address",
-    );
+    let mut last = io::Error::new(io::ErrorKind::NotFound, "the host name resolves to no address");
     for addr in (host, port).to_socket_addrs()? {
         match TcpStream::connect_timeout(&addr, timeout) {
             Ok(s) => {
@@ -93,10 +81,7 @@ pub(super) fn parse_data_row(body: &[u8]) -> Result<Vec<Option<String>>> {
             continue;
         };
         let value = b.get(..len).ok_or_else(bad)?;
-        row.push(Some(
-            String::from_utf8(value.to_vec())
-                .map_err(|_| proto("a value in a query result is not UTF-8"))?,
-        ));
+        row.push(Some(String::from_utf8(value.to_vec()).map_err(|_| proto("a value in a query result is not UTF-8"))?));
         b.advance(len);
     }
     Ok(row)
@@ -109,13 +94,9 @@ pub(super) fn one_row<'a>(
     what: &'a str,
 ) -> Result<impl Fn(usize) -> Result<String> + 'a> {
     match rows {
-        [row] if row.len() >= min_cols => Ok(move |i: usize| {
-            row[i]
-                .clone()
-                .ok_or_else(|| WireError::Protocol(format!("{what}: column {i} is NULL")))
-        }),
-        _ => Err(WireError::Protocol(format!(
-            "{what}: expected one row of at least {min_cols} columns, got {rows:?}"
-        ))),
+        [row] if row.len() >= min_cols => {
+            Ok(move |i: usize| row[i].clone().ok_or_else(|| WireError::Protocol(format!("{what}: column {i} is NULL"))))
+        }
+        _ => Err(WireError::Protocol(format!("{what}: expected one row of at least {min_cols} columns, got {rows:?}"))),
     }
 }

@@ -172,8 +172,8 @@ impl ReplicationConn {
             (Some(Host::Unix(dir)), _) => {
                 let path = dir.join(format!(".s.PGSQL.{port}"));
                 let peer = path.display().to_string();
-                let s = UnixStream::connect(&path)
-                    .map_err(|e| io::Error::new(e.kind(), format!("connecting to postgres at {peer}: {e}")))?;
+                let s =
+                    UnixStream::connect(&path).map_err(|e| io::Error::new(e.kind(), format!("connecting to postgres at {peer}: {e}")))?;
                 (Box::new(s) as Box<dyn Socket>, peer, None)
             }
             (host, addr) => {
@@ -269,7 +269,11 @@ impl ReplicationConn {
             }
             let kind = body.get_i32();
             if policy == ChannelBinding::Require && !bound && kind != 10 && kind != 11 && kind != 12 {
-                let how = if self.tls.is_none() { "connection is not over TLS" } else { "authenticated without SCRAM-SHA-256 (its pg_hba.conf method for this connection is not scram-sha-256)" };
+                let how = if self.tls.is_none() {
+                    "connection is not over TLS"
+                } else {
+                    "authenticated without SCRAM-SHA-256 (its pg_hba.conf method for this connection is not scram-sha-256)"
+                };
                 return Err(self.fatal(unbound(&format!("{how}; channel binding needs scram-sha-256 over TLS"))));
             }
             match kind {
@@ -277,7 +281,8 @@ impl ReplicationConn {
                 3 => frontend::password_message(password.ok_or_else(need_password)?, &mut self.wbuf)
                     .map_err(|_| WireError::Auth("the password contains a NUL byte".into()))?,
                 5 => {
-                    let salt: [u8; 4] = body.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| WireError::Protocol("short md5 salt".into()))?;
+                    let salt: [u8; 4] =
+                        body.get(..4).and_then(|s| s.try_into().ok()).ok_or_else(|| WireError::Protocol("short md5 salt".into()))?;
                     let hash = md5_hash(user.as_bytes(), password.ok_or_else(need_password)?, salt);
                     frontend::password_message(hash.as_bytes(), &mut self.wbuf).map_err(proto)?;
                 }
@@ -294,7 +299,11 @@ impl ReplicationConn {
                             (sasl::SCRAM_SHA_256_PLUS, sasl::ChannelBinding::tls_server_end_point(data))
                         }
                         _ if policy == ChannelBinding::Require => {
-                            let why = if self.tls.is_none() { "connection is not over TLS" } else { "does not offer SCRAM-SHA-256-PLUS on this connection" };
+                            let why = if self.tls.is_none() {
+                                "connection is not over TLS"
+                            } else {
+                                "does not offer SCRAM-SHA-256-PLUS on this connection"
+                            };
                             return Err(self.fatal(unbound(why)));
                         }
                         // We could bind, but the server did not offer it ('y'): lets it detect a downgrade.
@@ -320,7 +329,12 @@ impl ReplicationConn {
                     continue;
                 }
                 other => {
-                    let name = match other { 2 => "Kerberos V5", 7 | 8 => "GSSAPI", 9 => "SSPI", _ => "unknown" };
+                    let name = match other {
+                        2 => "Kerberos V5",
+                        7 | 8 => "GSSAPI",
+                        9 => "SSPI",
+                        _ => "unknown",
+                    };
                     return Err(WireError::Auth(format!("{name} authentication (request {other}) is not supported")));
                 }
             }
@@ -475,11 +489,7 @@ impl ReplicationConn {
     pub fn create_logical_slot(&mut self, slot: &str) -> Result<CreatedSlot> {
         let rows = self.simple_query(&format!("CREATE_REPLICATION_SLOT {} LOGICAL pgoutput EXPORT_SNAPSHOT", quote_ident(slot)))?;
         let text = one_row(&rows, 3, "CREATE_REPLICATION_SLOT")?;
-        Ok(CreatedSlot {
-            slot: text(0)?,
-            consistent_point: text(1)?.parse().map_err(proto)?,
-            snapshot_name: text(2)?,
-        })
+        Ok(CreatedSlot { slot: text(0)?, consistent_point: text(1)?.parse().map_err(proto)?, snapshot_name: text(2)? })
     }
 
     /// `START_REPLICATION SLOT "<slot>" LOGICAL <start> (proto_version '1',
@@ -517,7 +527,9 @@ impl ReplicationConn {
                     }
                     other => {
                         let what = other.map_or("an empty".to_string(), |t| format!("a {:?}", *t as char));
-                        return Err(self.fatal(WireError::Protocol(format!("{what} CopyData message of {} bytes in the stream", body.len()))));
+                        return Err(
+                            self.fatal(WireError::Protocol(format!("{what} CopyData message of {} bytes in the stream", body.len())))
+                        );
                     }
                 },
                 b'N' | b'S' => {}

@@ -49,7 +49,10 @@ fn recv_keeps_partial_messages_across_timeouts() {
     let ka = conn.recv(Duration::from_millis(20)).unwrap();
     assert_eq!(ka, Some(StreamMsg::Keepalive { wal_end: Lsn(0x30), reply_requested: true }));
     let e = conn.recv(Duration::from_millis(20)).unwrap_err();
-    assert_eq!((e.code(), e.to_string().as_str()), (Some("57P01"), "server error 57P01: FATAL: terminating connection (detail: some detail)"));
+    assert_eq!(
+        (e.code(), e.to_string().as_str()),
+        (Some("57P01"), "server error 57P01: FATAL: terminating connection (detail: some detail)")
+    );
     assert!(matches!(conn.recv(Duration::from_millis(1)), Err(WireError::Protocol(_))));
 
     let (mut conn, mut server) = streaming_pair();

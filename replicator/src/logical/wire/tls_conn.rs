@@ -39,8 +39,7 @@ pub(super) fn start_tls(
     timeout: Duration,
     peer: &str,
 ) -> Result<(Box<dyn Socket>, String, Option<TlsInfo>)> {
-    let io_err =
-        |e: io::Error| WireError::Io(io::Error::new(e.kind(), format!("postgres at {peer}: {e}")));
+    let io_err = |e: io::Error| WireError::Io(io::Error::new(e.kind(), format!("postgres at {peer}: {e}")));
     s.set_read_timeout(Some(timeout)).map_err(io_err)?;
     s.set_write_timeout(Some(timeout)).map_err(io_err)?;
     let mut request = BytesMut::new();
@@ -50,34 +49,18 @@ pub(super) fn start_tls(
     s.read_exact(&mut answer).map_err(io_err)?;
     match answer[0] {
         b'S' => {}
-        b'N' if settings.mode == SslMode::Prefer => {
-            return Ok((Box::new(s), peer.to_string(), None))
-        }
-        _ => {
-            return Err(TlsError::NotOffered {
-                mode: settings.mode.name(),
-            }
-            .into())
-        }
+        b'N' if settings.mode == SslMode::Prefer => return Ok((Box::new(s), peer.to_string(), None)),
+        _ => return Err(TlsError::NotOffered { mode: settings.mode.name() }.into()),
     }
-    let conn =
-        rustls::ClientConnection::new(settings.client_config()?, tls::config::server_name(&host)?)
-            .map_err(|e| TlsError::Handshake(e.to_string()))?;
+    let conn = rustls::ClientConnection::new(settings.client_config()?, tls::config::server_name(&host)?)
+        .map_err(|e| TlsError::Handshake(e.to_string()))?;
     let mut stream = rustls::StreamOwned::new(conn, s);
     while stream.conn.is_handshaking() {
         if let Err(e) = stream.conn.complete_io(&mut stream.sock) {
             return Err(tls::explain(&e, settings, &host).map_or_else(|| io_err(e), WireError::Tls));
         }
     }
-    let end_point = stream
-        .conn
-        .peer_certificates()
-        .and_then(|c| c.first())
-        .and_then(|c| tls::config::tls_server_end_point(c));
-    let info = TlsInfo {
-        settings: settings.clone(),
-        host,
-        end_point,
-    };
+    let end_point = stream.conn.peer_certificates().and_then(|c| c.first()).and_then(|c| tls::config::tls_server_end_point(c));
+    let info = TlsInfo { settings: settings.clone(), host, end_point };
     Ok((Box::new(stream), peer.to_string(), Some(info)))
 }
