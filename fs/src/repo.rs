@@ -26,6 +26,8 @@ pub enum RepoError {
     NotFound(String),
     #[error("a branch or snapshot named '{0}' already exists")]
     Exists(String),
+    #[error("branch {0} has no parent to reset from")]
+    NoParent(String),
     #[error("invalid name '{0}': {1}")]
     InvalidName(String, &'static str),
     #[error(transparent)]
@@ -125,11 +127,27 @@ impl Repository {
         let store = Arc::new(LocalStore::open(dir)?);
         let catalog = Catalog::open(&dir.join("catalog.redb"))?;
         let repo = Repository { dir: dir.to_path_buf(), store, catalog, branches: RwLock::new(BTreeMap::new()), gc_lock: RwLock::new(()) };
-        for rec in repo.catalog.list()? {
-            let branch = Branch::open(repo.store.clone(), &rec, &repo.log_dir(rec.id))?;
+        let records = repo.catalog.list()?;
+        for rec in &records {
+            let branch = Branch::open(repo.store.clone(), rec, &repo.log_dir(rec.id))?;
             repo.branches.write().insert(rec.name.clone(), Arc::new(branch));
         }
+        repo.remove_orphan_logs(&records);
         Ok(repo)
+    }
+
+    /// Removes intent logs no catalog record names (left by a crash inside `reset`,
+    /// `add` or `delete`): nothing will ever replay them.
+    fn remove_orphan_logs(&self, records: &[BranchRecord]) {
+        let Ok(entries) = std::fs::read_dir(self.dir.join("logs")) else { return };
+        for e in entries.flatten() {
+            let named = e.file_name().to_str().and_then(|n| n.parse::<u64>().ok()).is_some_and(|id| records.iter().any(|r| r.id == id));
+            if !named {
+                if let Err(err) = std::fs::remove_dir_all(e.path()) {
+                    tracing::warn!("removing the orphaned intent log {}: {err}", e.path().display());
+                }
+            }
+        }
     }
 
     fn log_dir(&self, id: u64) -> PathBuf {
@@ -226,6 +244,33 @@ impl Repository {
             self.commit_branch(&b)?;
         }
         Ok(())
+    }
+
+    /// Points branch `name` at a fresh commit of its parent, dropping its own changes, in
+    /// one catalog transaction: the new head comes with a new id and so a new, empty
+    /// intent log. A crash before that transaction leaves the old branch (its head and
+    /// its log), after it the new one; the old log is never replayed onto the new head.
+    /// The caller has made sure nothing uses the branch.
+    pub fn reset(&self, name: &str) -> Result<Arc<Branch>, RepoError> {
+        let old = self.record(name)?;
+        let parent = old.parent.clone().ok_or_else(|| RepoError::NoParent(name.to_string()))?;
+        let src = self.get(&parent)?;
+        let _no_gc = self.gc_lock.read();
+        let root = self.commit_locked(&src)?;
+        let id = self.catalog.next_id()?;
+        let log_dir = self.log_dir(id);
+        if log_dir.exists() {
+            std::fs::remove_dir_all(&log_dir).map_err(io_err("clearing a stale intent log"))?;
+        }
+        let rec = BranchRecord { id, root, log_seq: 0, ..old.clone() };
+        let branch = Arc::new(Branch::open(self.store.clone(), &rec, &log_dir)?);
+        self.catalog.put(&rec)?;
+        self.branches.write().insert(name.to_string(), branch.clone());
+        let old_log = self.log_dir(old.id);
+        if old_log.exists() {
+            std::fs::remove_dir_all(&old_log).map_err(io_err(format!("removing the old intent log of {name}")))?;
+        }
+        Ok(branch)
     }
 
     /// Forgets a branch; the caller has made sure nothing uses it.

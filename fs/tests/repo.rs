@@ -109,3 +109,34 @@ fn zero_blocks_are_holes() {
     let usage = repo.usage().unwrap();
     assert_eq!(usage.branches[0].logical_bytes, BLOCK as u64, "only the one non-zero block is stored");
 }
+
+#[test]
+fn reset_takes_the_parent_and_never_replays_the_old_log() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let repo = Repository::open(dir.path()).unwrap();
+        repo.create_empty("main", 0, 0).unwrap();
+        let ino = create_file(&repo, "main", "f");
+        write(&repo, "main", ino, 0, &pattern(5, 4 * BLOCK));
+        repo.create_from("dev", "main", Kind::Branch).unwrap();
+        // dev's own changes: one committed, one only logged (fsynced).
+        write(&repo, "dev", ino, 0, &pattern(6, BLOCK));
+        repo.commit_all().unwrap();
+        write(&repo, "dev", ino, 2 * BLOCK as u64, &pattern(7, BLOCK));
+        repo.get("dev").unwrap().sync().unwrap();
+        let old_id = repo.record("dev").unwrap().id;
+        let new = repo.reset("dev").unwrap();
+        assert_ne!(new.id, old_id, "a reset branch has a new id, so a new intent log");
+        assert!(!dir.path().join("logs").join(old_id.to_string()).exists(), "the old intent log is gone");
+        assert_eq!(read(&repo, "dev", "f", (4 * BLOCK) as u32), pattern(5, 4 * BLOCK));
+        assert_eq!(repo.record("dev").unwrap().parent.as_deref(), Some("main"));
+        // A log no record names (as a crash between the catalog switch and the removal
+        // of the old log would leave) is removed at the next open, never replayed.
+        std::fs::create_dir_all(dir.path().join("logs").join("999999")).unwrap();
+    }
+    let repo = Repository::open(dir.path()).unwrap();
+    assert_eq!(read(&repo, "dev", "f", (4 * BLOCK) as u32), pattern(5, 4 * BLOCK));
+    assert!(!dir.path().join("logs/999999").exists(), "an orphaned intent log is removed on open");
+    assert!(repo.reset("main").is_err(), "a branch without a parent cannot be reset");
+    assert!(repo.verify().unwrap().damaged.is_empty());
+}

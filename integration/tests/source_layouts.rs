@@ -198,6 +198,15 @@ fn a_replication_role_without_superuser_follows() {
     });
     let url = store.ok(&["branch", "create", "dev"]).lines().find(|l| l.starts_with("postgresql://")).unwrap().to_string();
     assert_eq!(psql_url(&url, "SELECT current_user, count(*) FROM shared_data").unwrap(), "follower|101");
+    // `branch reset`: back to main's latest state, same URL, the branch's own writes gone.
+    store.branch_server("dev").psql("postgres", "INSERT INTO shared_data VALUES (-1)").unwrap();
+    source.server.psql("postgres", "INSERT INTO shared_data VALUES (102)").unwrap();
+    wait_for("row 102 on main", Duration::from_secs(30), || {
+        store.branch_server("main").psql("postgres", "SELECT count(*) FROM shared_data WHERE id = 102").is_ok_and(|v| v == "1")
+    });
+    let reset = store.ok(&["branch", "reset", "dev"]);
+    assert!(reset.contains(&url), "reset keeps the URL: {reset}");
+    assert_eq!(psql_url(&url, "SELECT count(*) FILTER (WHERE id = -1), count(*) FILTER (WHERE id = 102) FROM shared_data").unwrap(), "0|1");
 
     // A role without REPLICATION is told what to grant.
     source.server.psql("postgres", "CREATE ROLE reader LOGIN PASSWORD 'read-only'").unwrap();

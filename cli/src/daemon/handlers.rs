@@ -204,8 +204,8 @@ impl Daemon {
         let was_running = self.servers.is_running(name);
         self.servers.stop(name, false)?;
         self.unmount(name)?;
-        self.repo.delete(name)?;
-        self.repo.create_from(name, &parent, Kind::Branch)?;
+        // One catalog transaction: after a crash the branch is the old one or the new one.
+        self.repo.reset(name)?;
         self.mount(name)?;
         if was_running || self.servers.spec(name).is_some() {
             self.start_independent(name, Some(&parent))?;
