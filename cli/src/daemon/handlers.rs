@@ -26,7 +26,8 @@ fn proc_status_bytes(field: &str) -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-fn now_unix() -> i64 {
+/// Seconds since the Unix epoch (0 if the clock is before it).
+pub(super) fn now_unix() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 

@@ -17,6 +17,7 @@ use anyhow::{Context, Result};
 use pgbranch_replicator::pgconf::{self, StandbyMinimums};
 use pgbranch_replicator::source::Source;
 
+use super::handlers::now_unix;
 use super::servers::RaisedSetting;
 use super::{Daemon, MAIN};
 
@@ -43,10 +44,6 @@ impl LogCursor {
         }
         String::from_utf8_lossy(&buf).into_owned()
     }
-}
-
-fn now_unix() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs() as i64)
 }
 
 impl Daemon {
