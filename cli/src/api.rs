@@ -109,3 +109,32 @@ impl Response {
         Response { ok: false, error: Some(e.to_string()), data: serde_json::Value::Null }
     }
 }
+
+/// The answer to `CreateBranch` and `CreateSnapshot`: where the new branch or snapshot
+/// is mounted; its server's URL when one was started; how long the O(1) cut took.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Created {
+    pub name: String,
+    pub path: std::path::PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub url: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub create_micros: Option<u64>,
+}
+
+/// The answer to `BranchUrl`, `BranchStart` and the follower registrations: a branch
+/// server's URL (and, for `BranchUrl`, whether it runs).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BranchUrl {
+    pub url: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub running: Option<bool>,
+}
+
+/// The answer to `LogicalMainStart`: how the masked clone reaches main's new server.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct MainServer {
+    pub socket_dir: std::path::PathBuf,
+    pub port: u16,
+    pub password: Option<String>,
+}

@@ -65,6 +65,18 @@ pub fn call(layout: &Layout, req: &Request) -> Result<serde_json::Value> {
     call_on(conn, req)
 }
 
+/// [`call`], with the answer read as the typed response `T` of that request: a
+/// mismatch is an error naming the expected answer, never a silent default.
+pub fn call_as<T: serde::de::DeserializeOwned>(layout: &Layout, req: &Request) -> Result<T> {
+    let data = call(layout, req)?;
+    serde_json::from_value(data).with_context(|| {
+        format!(
+            "the daemon's answer is not the {} this pgbranch expects (a daemon of another version? run `pgbranch stop`)",
+            std::any::type_name::<T>().rsplit("::").next().unwrap_or("answer")
+        )
+    })
+}
+
 pub fn call_on(mut conn: UnixStream, req: &Request) -> Result<serde_json::Value> {
     writeln!(conn, "{}", serde_json::to_string(req)?)?;
     let mut line = String::new();

@@ -10,7 +10,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use pgbranch_replicator::pg::{self, Owner, PgBin, Server};
 
-use crate::api::Request;
+use crate::api::{BranchUrl, Created, Request};
 use crate::client;
 use crate::clone;
 use crate::daemon::MAIN;
@@ -178,11 +178,11 @@ fn psql(url: &str, sql: &str) -> Result<String> {
 fn finish(layout: &Layout, source: Option<Server>, throwaway: bool, query: &str, write: Option<&str>) -> Result<()> {
     step(&format!("pgbranch branch create {DEV}        (from main, while it streams)"));
     let t = Instant::now();
-    let created = client::call(
+    let created: Created = client::call_as(
         layout,
         &Request::CreateBranch { name: DEV.into(), from: Some(MAIN.into()), start: true, ttl_secs: None, protect: false },
     )?;
-    let dev_url = created["url"].as_str().unwrap_or_default().to_string();
+    let dev_url = created.url.context("branch dev was created without a server")?;
     println!("    ready for writes in {:.2}s: {dev_url}", t.elapsed().as_secs_f64());
 
     step(&format!("a query on {DEV}"));
@@ -192,7 +192,7 @@ fn finish(layout: &Layout, source: Option<Server>, throwaway: bool, query: &str,
     let indent = |text: String| text.lines().collect::<Vec<_>>().join("\n            ");
     println!("    {DEV}:    {}", indent(psql(&dev_url, query)?));
     if write.is_some() {
-        let main_url = client::call(layout, &Request::BranchUrl { name: MAIN.into() })?["url"].as_str().unwrap_or_default().to_string();
+        let main_url = client::call_as::<BranchUrl>(layout, &Request::BranchUrl { name: MAIN.into() })?.url;
         println!("    main:   {}   (the branch's write stays on the branch)", psql(&main_url, query)?);
     }
 

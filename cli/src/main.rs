@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use pgbranch::api::Request;
+use pgbranch::api::{BranchUrl, Request};
 use pgbranch::layout::Layout;
 use pgbranch::{client, daemon, demo, output};
 
@@ -250,11 +250,11 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
             BranchCmd::Url { name } => {
-                println!("{}", client::call(&layout, &Request::BranchUrl { name })?["url"].as_str().unwrap_or_default());
+                println!("{}", client::call_as::<BranchUrl>(&layout, &Request::BranchUrl { name })?.url);
                 Ok(())
             }
             BranchCmd::Start { name } => {
-                println!("{}", client::call(&layout, &Request::BranchStart { name })?["url"].as_str().unwrap_or_default());
+                println!("{}", client::call_as::<BranchUrl>(&layout, &Request::BranchStart { name })?.url);
                 Ok(())
             }
             BranchCmd::Stop { name } => {

@@ -19,7 +19,7 @@ use pgbranch_replicator::pg::{Owner, PgBin};
 use pgbranch_replicator::source::Source;
 use pgbranch_replicator::transform::TransformConfig;
 
-use crate::api::{LogicalFollow, Request};
+use crate::api::{BranchUrl, Created, LogicalFollow, MainServer, Request};
 use crate::client;
 use crate::daemon::MAIN;
 use crate::layout::Layout;
@@ -186,20 +186,20 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     }
     let started = Instant::now();
     let mut cleanup = Cleanup { layout, source: &source, slot: None, publication: None, main: false };
-    let created =
-        client::call(layout, &Request::CreateBranch { name: MAIN.into(), from: None, start: false, ttl_secs: None, protect: false })?;
+    let created: Created =
+        client::call_as(layout, &Request::CreateBranch { name: MAIN.into(), from: None, start: false, ttl_secs: None, protect: false })?;
     cleanup.main = true;
-    let path = PathBuf::from(created["path"].as_str().unwrap_or_default());
+    let path = created.path;
     initdb(&bin, found.major, &owner, &path, &locale)?;
-    let server = client::call(
+    let server: MainServer = client::call_as(
         layout,
         &Request::LogicalMainStart { user: source.user.clone(), dbname: source.dbname.clone(), pg_bin: bin.0.display().to_string() },
     )?;
     let target = Target {
         bin: bin.clone(),
         owner: owner.clone(),
-        socket_dir: PathBuf::from(server["socket_dir"].as_str().unwrap_or_default()),
-        port: server["port"].as_u64().unwrap_or(0) as u16,
+        socket_dir: server.socket_dir.clone(),
+        port: server.port,
         dbname: source.dbname.clone(),
     };
     schema::load_roles(&source, &target)?;
@@ -271,7 +271,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     let mut src = source.connect()?;
     stream::sync_sequences(&mut src, &mut main).context("copying sequence positions")?;
     stream::init_origin(&mut main, slot.consistent_point).context("recording the copy's position on main")?;
-    let password = server["password"].as_str().unwrap_or_default();
+    let password = server.password.as_deref().context("the daemon gave main no password")?;
     main.batch_execute(&format!(
         "ALTER ROLE {} PASSWORD '{}'; CHECKPOINT",
         pgbranch_replicator::catalog::quote_ident(&source.user),
@@ -280,7 +280,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     .context("setting main's password")?;
     drop(repl); // ends the exported snapshot
 
-    let registered = client::call(
+    let registered: BranchUrl = client::call_as(
         layout,
         &Request::FollowRegisterLogical(LogicalFollow {
             source_url,
@@ -303,7 +303,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
         stats.rows as f64 / copy_secs.max(0.001),
         started.elapsed().as_secs_f64()
     ));
-    Ok(registered["url"].as_str().unwrap_or_default().to_string())
+    Ok(registered.url)
 }
 
 /// `pgbranch clone reload --config FILE`: checks the new config against the source and

@@ -13,7 +13,7 @@ use pgbranch_replicator::pgconf::{self, ServerConf, SourceSettings};
 use pgbranch_replicator::source::Source;
 use pgbranch_replicator::tablespace::{self, Tablespace};
 
-use crate::api::Request;
+use crate::api::{BranchUrl, Created, Request};
 use crate::client;
 use crate::daemon::MAIN;
 use crate::layout::Layout;
@@ -37,9 +37,9 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
     // pg_basebackup, the standby and the daemon read the store's copies of the TLS files.
     let source_url = &crate::source_tls::install(layout, &owner, &source)?;
     let source = Source::parse(source_url)?;
-    let created =
-        client::call(layout, &Request::CreateBranch { name: MAIN.into(), from: None, start: false, ttl_secs: None, protect: false })?;
-    let path = PathBuf::from(created["path"].as_str().unwrap_or_default());
+    let created: Created =
+        client::call_as(layout, &Request::CreateBranch { name: MAIN.into(), from: None, start: false, ttl_secs: None, protect: false })?;
+    let path = created.path;
 
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
     bar.set_style(
@@ -75,12 +75,12 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
         let _ = client::call(layout, &Request::Delete { name: MAIN.into(), snapshot: false });
         return Err(e.context("initial copy of the source failed; nothing was left behind"));
     }
-    let started = client::call(
+    let started: Result<BranchUrl> = client::call_as(
         layout,
         &Request::FollowRegister { source_url: source_url.into(), slot: slot.into(), pg_bin: bin.0.display().to_string() },
     );
     match started {
-        Ok(v) => Ok(v["url"].as_str().unwrap_or_default().to_string()),
+        Ok(v) => Ok(v.url),
         Err(e) => {
             let _ = source.drop_slot(slot);
             Err(e).context("starting the standby on main failed")

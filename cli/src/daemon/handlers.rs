@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 
 use super::servers::{new_spec, FollowerConfig, Policy};
 use super::Daemon;
-use crate::api::{LogicalFollow, Request};
+use crate::api::{BranchUrl, Created, LogicalFollow, MainServer, Request};
 
 /// The branch a follower keeps in sync, and the default parent of new branches.
 pub const MAIN: &str = "main";
@@ -161,7 +161,7 @@ impl Daemon {
         let policy = Policy { expires_unix: ttl.map(|t| now_unix() + t as i64), protected: protect };
         self.servers.state.lock().policies.insert(name.to_string(), policy);
         self.servers.save()?;
-        let mut out = json!({ "name": name, "path": self.layout.mount_point(name) });
+        let mut out = Created { name: name.to_string(), path: self.layout.mount_point(name), url: None, create_micros: None };
         // Only a branch holding a postgres data directory gets a server.
         if start && from.is_some() && self.layout.mount_point(name).join("PG_VERSION").exists() {
             if let Err(e) = self.start_independent(name, from.as_deref()) {
@@ -171,9 +171,9 @@ impl Daemon {
                 let _ = self.repo.delete(name);
                 return Err(e);
             }
-            out["url"] = json!(self.servers.url(name)?);
+            out.url = Some(self.servers.url(name)?);
         }
-        Ok(out)
+        Ok(serde_json::to_value(out)?)
     }
 
     pub(super) fn delete_branch(&self, name: &str, snapshot: bool) -> Result<Value> {
@@ -241,7 +241,7 @@ impl Daemon {
         }
         self.servers.save()?;
         self.servers.start(MAIN, &path)?;
-        Ok(json!({ "url": self.servers.url(MAIN)? }))
+        Ok(serde_json::to_value(BranchUrl { url: self.servers.url(MAIN)?, running: None })?)
     }
 
     /// Starts main as an ordinary read-write server for the masked follower to fill.
@@ -254,7 +254,7 @@ impl Daemon {
         self.servers.state.lock().servers.insert(MAIN.to_string(), spec);
         self.servers.save()?;
         self.servers.start(MAIN, &path)?;
-        Ok(json!({ "socket_dir": self.servers.socket_dir(MAIN), "port": port, "password": password }))
+        Ok(serde_json::to_value(MainServer { socket_dir: self.servers.socket_dir(MAIN), port, password })?)
     }
 
     fn follow_register_logical(&self, l: LogicalFollow) -> Result<Value> {
@@ -278,7 +278,7 @@ impl Daemon {
         self.servers.state.lock().follower = Some(f.clone());
         self.servers.save()?;
         self.start_logical(&f)?;
-        Ok(json!({ "url": self.servers.url(MAIN)? }))
+        Ok(serde_json::to_value(BranchUrl { url: self.servers.url(MAIN)?, running: None })?)
     }
 
     /// Keeps the transform config in the store (0600 in the 0700 data directory), so
@@ -383,7 +383,8 @@ impl Daemon {
                     self.repo.delete(&name).ok();
                     return Err(e);
                 }
-                Ok(json!({ "name": name, "path": self.layout.mount_point(&name), "create_micros": took.as_micros() as u64 }))
+                let path = self.layout.mount_point(&name);
+                Ok(serde_json::to_value(Created { name, path, url: None, create_micros: Some(took.as_micros() as u64) })?)
             }
             Request::Delete { name, snapshot } => self.delete_branch(&name, snapshot),
             Request::BranchStart { name } => {
@@ -394,7 +395,7 @@ impl Daemon {
                     let parent = self.repo.record(&name)?.parent;
                     self.start_independent(&name, parent.as_deref())?;
                 }
-                Ok(json!({ "url": self.servers.url(&name)? }))
+                Ok(serde_json::to_value(BranchUrl { url: self.servers.url(&name)?, running: None })?)
             }
             Request::BranchStop { name } => {
                 self.repo.get(&name)?;
@@ -403,7 +404,7 @@ impl Daemon {
             }
             Request::BranchUrl { name } => {
                 self.repo.get(&name)?;
-                Ok(json!({ "url": self.servers.url(&name)?, "running": self.servers.is_running(&name) }))
+                Ok(serde_json::to_value(BranchUrl { url: self.servers.url(&name)?, running: Some(self.servers.is_running(&name)) })?)
             }
             Request::BranchReset { name } => self.reset_branch(&name),
             Request::Protect { name, protect } => {
