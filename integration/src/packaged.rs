@@ -38,7 +38,9 @@ impl PackagedCluster {
         let stale_prefix = format!("pgb-{tag}-");
         for e in std::fs::read_dir(Self::conf_dir_of(version, "")).into_iter().flatten().flatten() {
             let stale = e.file_name().to_string_lossy().into_owned();
-            if stale.starts_with(&stale_prefix) {
+            // Only a cluster whose test process is gone: another run may be going on.
+            let owner_pid = stale.strip_prefix(&stale_prefix).and_then(|p| p.parse::<i32>().ok());
+            if owner_pid.is_some_and(|p| p == std::process::id() as i32 || !crate::pid_alive(p)) {
                 let _ = Command::new("pg_dropcluster").args(["--stop", &version.to_string(), &stale]).output();
             }
         }
