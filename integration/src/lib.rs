@@ -196,6 +196,8 @@ impl Drop for TestStore {
         detach_mounts_under(&self.dir);
         if std::env::var_os("PGBRANCH_KEEP_TEST_STORE").is_none() {
             let _ = std::fs::remove_dir_all(&self.dir);
+            // The transform configs tests write beside the store.
+            let _ = std::fs::remove_dir_all(self.dir.with_extension("configs"));
         }
     }
 }
