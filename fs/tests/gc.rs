@@ -3,6 +3,9 @@
 //! snapshot head is ever removed, also when a commit is attempted between plan and
 //! execute (the GC lock makes it wait until the plan is executed).
 
+mod common;
+
+use common::{create_file, write};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -10,8 +13,6 @@ use std::sync::{mpsc, Arc};
 use pgbranch_fs::block::Hash;
 use pgbranch_fs::catalog::Kind;
 use pgbranch_fs::gc::{self, GcStore, PackAction};
-use pgbranch_fs::node::{Time, ROOT_INO};
-use pgbranch_fs::op::{NewKind, Op};
 use pgbranch_fs::pack::Location;
 use pgbranch_fs::repo::Repository;
 use pgbranch_fs::store::{LocalStore, ObjectStore, StoreError, SweepStats};
@@ -260,30 +261,6 @@ fn a_failure_while_executing_loses_no_live_object() {
     gc::execute(&store, plan).unwrap();
     let remaining: HashSet<Hash> = store.all_objects().unwrap().into_iter().collect();
     assert_eq!(remaining, live_set);
-}
-
-fn create_file(repo: &Repository, branch: &str, name: &str) -> u64 {
-    let b = repo.get(branch).unwrap();
-    b.update(|t| {
-        let ino = t.next_ino();
-        let op = Op::Create {
-            parent: ROOT_INO,
-            name: name.as_bytes().to_vec(),
-            ino,
-            kind: NewKind::File,
-            mode: libc::S_IFREG | 0o600,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            now: Time::now(),
-        };
-        Ok((op, ino))
-    })
-    .unwrap()
-}
-
-fn write(repo: &Repository, branch: &str, ino: u64, offset: u64, data: &[u8]) {
-    repo.get(branch).unwrap().update(|_| Ok((Op::Write { ino, offset, data: data.to_vec(), now: Time::now() }, ()))).unwrap();
 }
 
 /// Reads every node and block every head reaches.

@@ -1,37 +1,15 @@
 //! The repository without FUSE: commits survive a reopen, the intent log replays
 //! uncommitted changes, snapshots are isolated, GC frees what deleted branches held.
 
+mod common;
+
+use common::{create_file, write};
 use pgbranch_fs::catalog::Kind;
-use pgbranch_fs::node::{Time, ROOT_INO};
-use pgbranch_fs::op::{NewKind, Op};
+use pgbranch_fs::node::ROOT_INO;
 use pgbranch_fs::repo::Repository;
 use pgbranch_fs::tree::BlockSource;
 
 const BLOCK: usize = 8192;
-
-fn create_file(repo: &Repository, branch: &str, name: &str) -> u64 {
-    let b = repo.get(branch).unwrap();
-    b.update(|t| {
-        let ino = t.next_ino();
-        let op = Op::Create {
-            parent: ROOT_INO,
-            name: name.as_bytes().to_vec(),
-            ino,
-            kind: NewKind::File,
-            mode: libc::S_IFREG | 0o600,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            now: Time::now(),
-        };
-        Ok((op, ino))
-    })
-    .unwrap()
-}
-
-fn write(repo: &Repository, branch: &str, ino: u64, offset: u64, data: &[u8]) {
-    repo.get(branch).unwrap().update(|_| Ok((Op::Write { ino, offset, data: data.to_vec(), now: Time::now() }, ()))).unwrap();
-}
 
 fn read(repo: &Repository, branch: &str, name: &str, len: u32) -> Vec<u8> {
     let b = repo.get(branch).unwrap();

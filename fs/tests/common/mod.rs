@@ -143,3 +143,29 @@ pub fn assert_count(t: &Tree, want: u64) {
     assert_eq!(t.dirty_blocks(), t.dirty_blocks_in_maps(), "the count and the maps disagree");
     assert_eq!(t.dirty_blocks(), want);
 }
+
+/// Creates file `name` in the root directory of `branch` (a repository's branch).
+pub fn create_file(repo: &pgbranch_fs::repo::Repository, branch: &str, name: &str) -> u64 {
+    let b = repo.get(branch).unwrap();
+    b.update(|t| {
+        let ino = t.next_ino();
+        let op = Op::Create {
+            parent: ROOT_INO,
+            name: name.as_bytes().to_vec(),
+            ino,
+            kind: NewKind::File,
+            mode: libc::S_IFREG | 0o600,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            now: Time::now(),
+        };
+        Ok((op, ino))
+    })
+    .unwrap()
+}
+
+/// Writes `data` at `offset` of file `ino` on `branch`.
+pub fn write(repo: &pgbranch_fs::repo::Repository, branch: &str, ino: u64, offset: u64, data: &[u8]) {
+    repo.get(branch).unwrap().update(|_| Ok((Op::Write { ino, offset, data: data.to_vec(), now: Time::now() }, ()))).unwrap();
+}
