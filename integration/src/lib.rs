@@ -92,6 +92,12 @@ impl TestStore {
         TestStore { dir, bin: pgbranch_bin() }
     }
 
+    /// A store in `dir` (e.g. on a [`loopdisk::LoopDisk`]); `dir` must not exist yet.
+    pub fn at(dir: &Path) -> TestStore {
+        detach_mounts_under(dir);
+        TestStore { dir: dir.to_path_buf(), bin: pgbranch_bin() }
+    }
+
     pub fn command(&self) -> Command {
         let mut c = Command::new(&self.bin);
         c.arg("--store").arg(&self.dir).stdin(Stdio::null());
@@ -490,6 +496,7 @@ pub fn bench_table_rows(rows: &[Value]) -> String {
     md
 }
 
+pub mod loopdisk;
 pub mod masked;
 pub mod packaged;
 pub mod tls;
