@@ -496,6 +496,7 @@ pub fn bench_table_rows(rows: &[Value]) -> String {
     md
 }
 
+pub mod ackwriter;
 pub mod loopdisk;
 pub mod masked;
 pub mod packaged;
