@@ -14,6 +14,8 @@ use crate::layout::Layout;
 
 /// How long to wait for a freshly started daemon: it replays intent logs first.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long to wait for another daemon's socket after ours exited (it lost the lock race).
+const LOST_RACE_WAIT: Duration = Duration::from_secs(5);
 
 pub fn try_connect(layout: &Layout) -> Option<UnixStream> {
     UnixStream::connect(layout.socket()).ok()
@@ -38,15 +40,23 @@ fn start_daemon(layout: &Layout) -> Result<()> {
         .spawn()
         .context("starting the pgbranch daemon")?;
     let started = Instant::now();
+    // Our daemon may exit because another verb's daemon won the store lock: keep
+    // waiting for that one's socket for a while before reporting our daemon's exit.
+    let mut exited: Option<(std::process::ExitStatus, Instant)> = None;
     while started.elapsed() < START_TIMEOUT {
         if try_connect(layout).is_some() {
             return Ok(());
         }
-        if let Some(status) = child.try_wait()? {
-            let log = std::fs::read_to_string(layout.log()).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(5).collect();
-            let tail: Vec<&str> = tail.into_iter().rev().collect();
-            bail!("the pgbranch daemon exited ({status}) while starting:\n{}", tail.join("\n"));
+        if exited.is_none() {
+            exited = child.try_wait()?.map(|status| (status, Instant::now()));
+        }
+        if let Some((status, at)) = exited {
+            if at.elapsed() >= LOST_RACE_WAIT {
+                let log = std::fs::read_to_string(layout.log()).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(5).collect();
+                let tail: Vec<&str> = tail.into_iter().rev().collect();
+                bail!("the pgbranch daemon exited ({status}) while starting:\n{}", tail.join("\n"));
+            }
         }
         std::thread::sleep(Duration::from_millis(50));
     }

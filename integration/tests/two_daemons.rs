@@ -234,7 +234,7 @@ fn verbs_started_at_once_leave_exactly_one_daemon() {
 /// `cli/src/client.rs::start_daemon` should keep waiting for the socket while the lock
 /// is held by another daemon (or serialize starters with a lock of their own).
 #[test]
-#[ignore = "known bug: a verb that loses the daemon auto-start race fails (cli/src/client.rs start_daemon); run with --ignored"]
+
 fn verbs_started_at_once_all_succeed() {
     let store = TestStore::new("two-race-ok");
     store.ok(&["branch", "create", "a", "--empty"]);
