@@ -500,3 +500,4 @@ pub mod loopdisk;
 pub mod masked;
 pub mod packaged;
 pub mod tls;
+pub mod faultdisk;
