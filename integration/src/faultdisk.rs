@@ -31,9 +31,8 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
 use fuser::{
-    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner,
-    MountOption, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, SessionACL,
-    WriteFlags,
+    BackgroundSession, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, LockOwner, MountOption,
+    OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyWrite, Request, SessionACL, WriteFlags,
 };
 
 /// The sector a torn write keeps a prefix of.
@@ -437,9 +436,8 @@ mod tests {
                 assert_eq!(kept % SECTOR, 0, "seed {seed}: a write torn inside a sector");
                 assert!(region[kept..].iter().all(|&x| x == 0), "seed {seed}: bytes after a tear are not the old ones");
             }
-            let untouched: Vec<usize> = (0..size)
-                .filter(|i| !(*i < 4 * SECTOR || unsynced.iter().any(|(o, l, _)| (*o..o + l).contains(i))))
-                .collect();
+            let untouched: Vec<usize> =
+                (0..size).filter(|i| !(*i < 4 * SECTOR || unsynced.iter().any(|(o, l, _)| (*o..o + l).contains(i)))).collect();
             assert!(untouched.iter().all(|&i| img[i] == 0), "seed {seed}: bytes nobody wrote changed");
         }
         assert!(saw_whole && saw_torn && saw_dropped, "64 seeds cover whole, torn and dropped writes");
