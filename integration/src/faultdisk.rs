@@ -75,13 +75,24 @@ pub struct Journal {
     pub unsynced: Vec<(u64, Vec<u8>)>,
     pub faults: Faults,
     pub frozen: bool,
+    /// A crash point: the disk freezes when this many writes have reached it (the
+    /// write with this number and everything after it fail).
+    pub freeze_at_write: Option<u64>,
     pub counts: Counts,
 }
 
 impl Journal {
     /// A journal over `live` and `durable`, which must hold the same bytes.
     pub fn new(live: File, durable: File) -> Journal {
-        Journal { live, durable, unsynced: Vec::new(), faults: Faults::default(), frozen: false, counts: Counts::default() }
+        Journal {
+            live,
+            durable,
+            unsynced: Vec::new(),
+            faults: Faults::default(),
+            frozen: false,
+            freeze_at_write: None,
+            counts: Counts::default(),
+        }
     }
 
     fn len(&self) -> u64 {
@@ -102,6 +113,9 @@ impl Journal {
 
     pub fn write(&mut self, off: u64, data: &[u8]) -> Result<(), Errno> {
         self.counts.writes += 1;
+        if self.freeze_at_write.is_some_and(|n| self.counts.writes >= n) {
+            self.frozen = true;
+        }
         if self.frozen || self.faults.hits(self.faults.writes, off, data.len() as u64) {
             self.counts.failed_writes += 1;
             return Err(Errno::EIO);
@@ -149,14 +163,14 @@ impl Journal {
         let mut rng = Rng(seed | 1);
         let (mut whole, mut torn, mut dropped) = (0, 0, 0);
         for (off, data) in &self.unsynced {
-            match rng.next() % 3 {
+            match rng.next_u64() % 3 {
                 0 => {
                     dst.write_all_at(data, *off)?;
                     whole += 1;
                 }
                 1 => {
                     let sectors = data.len().div_ceil(SECTOR);
-                    let keep = (rng.next() as usize % sectors.max(1)) * SECTOR;
+                    let keep = (rng.next_u64() as usize % sectors.max(1)) * SECTOR;
                     dst.write_all_at(&data[..keep.min(data.len())], *off)?;
                     torn += 1;
                 }
@@ -173,14 +187,14 @@ impl Journal {
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
     }
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 }
 
@@ -366,6 +380,16 @@ impl FaultDisk {
         self.journal().frozen = true;
     }
 
+    /// A crash point `n` writes from now: the disk freezes at that write.
+    pub fn freeze_after_writes(&self, n: u64) {
+        let mut j = self.journal();
+        j.freeze_at_write = Some(j.counts.writes + n.max(1));
+    }
+
+    pub fn frozen(&self) -> bool {
+        self.journal().frozen
+    }
+
     /// Unmounts the ext4 (lazily), detaches the loop device and the fault layer.
     pub fn detach(&mut self) {
         if let Some(mut e) = self.ext4.take() {
@@ -463,7 +487,12 @@ mod tests {
         assert_eq!(j.unsynced.len(), 1, "a failed fsync makes nothing durable");
         j.faults = Faults::default();
         assert_eq!(j.read(4096, 512).unwrap(), vec![0u8; 512], "a failed write changed nothing");
-        j.frozen = true;
+        j.freeze_at_write = Some(j.counts.writes + 2);
+        j.write(512, &[6u8; 512]).unwrap();
+        assert_eq!(j.write(1024, &[6u8; 512]), Err(Errno::EIO), "the crash-point write fails");
+        assert!(j.frozen);
+        assert_eq!(j.unsynced.len(), 2, "the write at the crash point is not recorded");
         assert_eq!(j.read(0, 1), Err(Errno::EIO));
+        assert_eq!(j.fsync(), Err(Errno::EIO), "a frozen disk syncs nothing");
     }
 }
