@@ -496,8 +496,8 @@ pub fn bench_table_rows(rows: &[Value]) -> String {
     md
 }
 
+pub mod faultdisk;
 pub mod loopdisk;
 pub mod masked;
 pub mod packaged;
 pub mod tls;
-pub mod faultdisk;
