@@ -497,6 +497,7 @@ pub fn bench_table_rows(rows: &[Value]) -> String {
 }
 
 pub mod ackwriter;
+pub mod faultdisk;
 pub mod loopdisk;
 pub mod masked;
 pub mod packaged;
