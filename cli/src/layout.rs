@@ -146,9 +146,31 @@ impl Layout {
             std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
                 .with_context(|| format!("cannot set permissions on {}; {hint}", dir.display()))?;
         }
-        let probe = self.data().join(".write-probe");
-        std::fs::write(&probe, b"probe").with_context(|| format!("store {} is not writable; {hint}", self.root.display()))?;
-        std::fs::remove_file(&probe).ok();
-        Ok(())
+        match self.probe_writable() {
+            Err(e) if is_out_of_space(&e) => {
+                // A full store is still this store: every verb must work on it, and
+                // some (`branch delete`, `gc`) are how space comes back.
+                eprintln!(
+                    "warning: store {} is out of space ({e}); commits fail until space is freed (see `pgbranch status`; `pgbranch branch delete` + `pgbranch gc` free it)",
+                    self.root.display()
+                );
+                Ok(())
+            }
+            Err(e) => Err(e).with_context(|| format!("store {} is not writable; {hint}", self.root.display())),
+            Ok(()) => Ok(()),
+        }
     }
+
+    fn probe_writable(&self) -> std::io::Result<()> {
+        let probe = self.data().join(".write-probe");
+        let written = std::fs::write(&probe, b"probe");
+        std::fs::remove_file(&probe).ok();
+        written
+    }
+}
+
+/// Whether an error means the filesystem (or the user's quota) is full, as opposed to
+/// not writable at all (EACCES, EROFS, ...).
+pub fn is_out_of_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }

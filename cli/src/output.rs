@@ -120,6 +120,7 @@ pub fn status(data: &Value, json: bool) -> Result<()> {
         bytes(data["rss_bytes"].as_u64().unwrap_or(0)),
         bytes(data["peak_rss_bytes"].as_u64().unwrap_or(0))
     );
+    space(&data["space"]);
     let f = &data["follower"];
     if f.is_null() {
         println!("follower:  none (see `pgbranch clone stream`)");
@@ -191,4 +192,40 @@ fn unix_time(t: i64) -> String {
     let (days, secs) = (t.div_euclid(86400), t.rem_euclid(86400));
     let date = pgbranch_replicator::civil_date::civil_date(days);
     format!("{date} {:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+/// The store's space lines of `status`: free bytes, the full flag, what holds the space.
+fn space(s: &Value) {
+    if let Some(e) = s["error"].as_str() {
+        println!("disk:      unknown ({e})");
+        return;
+    }
+    let n = |k: &str| s[k].as_u64().unwrap_or(0);
+    println!(
+        "disk:      {} free of {}{}",
+        bytes(n("fs_free_bytes")),
+        bytes(n("fs_total_bytes")),
+        if s["full"] == true {
+            format!(
+                " -- FULL (under {}): commits fail, changes wait in intent logs; free space with `pgbranch branch delete` + `pgbranch gc`",
+                bytes(n("full_margin_bytes"))
+            )
+        } else {
+            String::new()
+        }
+    );
+    let logs: Vec<String> = s["intent_logs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|l| format!("{} {}", l["branch"].as_str().unwrap_or("?"), bytes(l["bytes"].as_u64().unwrap_or(0))))
+        .collect();
+    println!(
+        "held by:   packs {}, index {}, catalog {}, other {}; intent logs: {}",
+        bytes(n("packs_bytes")),
+        bytes(n("index_bytes")),
+        bytes(n("catalog_bytes")),
+        bytes(n("other_bytes")),
+        if logs.is_empty() { "none".to_string() } else { logs.join(", ") }
+    );
 }

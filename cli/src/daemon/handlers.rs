@@ -367,6 +367,8 @@ impl Daemon {
                 "physical_bytes": pgbranch_fs::store::ObjectStore::physical_bytes(self.repo.store().as_ref())?,
                 "objects": pgbranch_fs::store::ObjectStore::object_count(self.repo.store().as_ref())?,
                 "follower": self.follower_status(),
+                "space": super::space::measure(&self.layout.data(), &self.repo.records()?)
+                    .map_or_else(|e| json!({ "error": format!("measuring the store's space: {e}") }), |s| json!(s)),
                 "branches": self.list()?,
             })),
             Request::List => self.list(),

@@ -1,9 +1,11 @@
 //! The daemon: owns the repository and every mount, commits in the background, and
 //! answers the CLI over the control socket.
 
+mod committer;
 mod follower;
 mod handlers;
 pub mod servers;
+mod space;
 mod standby;
 
 pub use handlers::MAIN;
@@ -196,31 +198,6 @@ impl Daemon {
         Ok(())
     }
 
-    /// Commits branches in the background: on a timer, and early under write pressure.
-    pub fn spawn_committer(self: &Arc<Self>) {
-        let d = self.clone();
-        std::thread::Builder::new()
-            .name("committer".into())
-            .spawn(move || {
-                while !d.stopping.load(Ordering::Relaxed) {
-                    d.signal.wait(COMMIT_INTERVAL);
-                    d.expire_branches();
-                    for b in d.repo.branches() {
-                        if let Err(e) = d.repo.commit_branch(&b) {
-                            tracing::error!("background commit of {} failed: {e}", b.name);
-                        }
-                    }
-                    // Committed blocks were freed by many FUSE threads; hand the memory
-                    // back to the OS instead of leaving it in per-thread malloc arenas.
-                    #[cfg(target_env = "gnu")]
-                    unsafe {
-                        libc::malloc_trim(0);
-                    }
-                }
-            })
-            .expect("spawning the committer");
-    }
-
     pub fn serve(self: &Arc<Self>) -> Result<()> {
         let sock = self.layout.socket();
         if sock.exists() {
@@ -314,7 +291,7 @@ fn tune_malloc() {
 pub fn run(layout: Layout) -> Result<()> {
     tune_malloc();
     let daemon = Daemon::start(layout)?;
-    daemon.spawn_committer();
+    daemon.spawn_committer().context("spawning the committer")?;
     daemon.restore_servers();
     daemon.spawn_standby_watch();
     let d = daemon.clone();
