@@ -22,6 +22,7 @@
 //! prefix of its 512-byte sectors). It does not model reordering within a write
 //! beyond sector prefixes, nor corruption of sectors that were synced.
 
+use crate::seeded::Rng;
 use std::ffi::OsStr;
 use std::fs::File;
 use std::ops::Range;
@@ -179,22 +180,6 @@ impl Journal {
         }
         dst.sync_all()?;
         Ok((whole, torn, dropped))
-    }
-}
-
-/// xorshift64*: a seeded generator for crash choices (tests print the seed).
-#[derive(Clone, Debug)]
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-    pub fn below(&mut self, n: u64) -> u64 {
-        self.next_u64() % n.max(1)
     }
 }
 

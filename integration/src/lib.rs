@@ -41,6 +41,18 @@ pub fn detach_mounts_under(dir: &Path) {
     }
 }
 
+/// Every process on the machine with its command line (argv), read from /proc.
+pub fn processes() -> Vec<(i32, Vec<String>)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+        let args = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+        out.push((pid, args));
+    }
+    out
+}
+
 pub fn pid_alive(pid: i32) -> bool {
     let exists = unsafe { libc::kill(pid, 0) } == 0;
     exists && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
@@ -501,4 +513,5 @@ pub mod faultdisk;
 pub mod loopdisk;
 pub mod masked;
 pub mod packaged;
+pub mod seeded;
 pub mod tls;

@@ -14,29 +14,11 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use pgbranch_integration::seeded::{env_u64, Rng};
 use pgbranch_integration::*;
 
 const MAX_LEN: u64 = 3 << 20;
 const MIB: usize = 1 << 20;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 fn fallocate(f: &File, mode: i32, off: u64, len: u64) {
     // SAFETY: fallocate on an open descriptor with plain integer arguments.
@@ -75,7 +57,7 @@ fn run_seed(store: &TestStore, branch: &str, seed: u64, ops: u64) -> u64 {
     let path = store.path(branch).join(format!("fsx-{seed}"));
     let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path).unwrap();
     let mut model: Vec<u8> = Vec::new();
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::seeded(seed);
     let mut snapshots = 0;
     for op in 0..ops {
         let what = format!("seed {seed} op {op}");
@@ -85,7 +67,7 @@ fn run_seed(store: &TestStore, branch: &str, seed: u64, ops: u64) -> u64 {
                 let span = if rng.below(4) == 0 { 64 << 10 } else { 9000 };
                 let len = 1 + rng.below(span);
                 let len = len.min(MAX_LEN - off);
-                let data = noise(len as usize, rng.next());
+                let data = noise(len as usize, rng.next_u64());
                 f.write_all_at(&data, off).unwrap();
                 let end = (off + len) as usize;
                 if model.len() < end {
@@ -121,7 +103,7 @@ fn run_seed(store: &TestStore, branch: &str, seed: u64, ops: u64) -> u64 {
                 let len = model.len();
                 let off = rng.below(len as u64) as usize;
                 let n = (1 + rng.below(20_000) as usize).min(len - off);
-                let data = noise(n, rng.next());
+                let data = noise(n, rng.next_u64());
                 with_mmap(&f, len, |map| map[off..off + n].copy_from_slice(&data));
                 model[off..off + n].copy_from_slice(&data);
             }
@@ -183,8 +165,8 @@ fn wait_clean(store: &TestStore, name: &str, what: &str) {
 fn random_operations_match_the_model() {
     let store = TestStore::new("fsx");
     store.ok(&["branch", "create", "fsx", "--empty"]);
-    let seeds = env_or("PGBRANCH_FSX_SEEDS", 8);
-    let ops = env_or("PGBRANCH_FSX_OPS", 800);
+    let seeds = env_u64("PGBRANCH_FSX_SEEDS", 8);
+    let ops = env_u64("PGBRANCH_FSX_OPS", 800);
     let mut snapshots = 0;
     for seed in 1..=seeds {
         snapshots += run_seed(&store, "fsx", seed, ops);

@@ -22,30 +22,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pgbranch_integration::ackwriter::{self, AckWriter};
+use pgbranch_integration::seeded::{env_u64, Rng};
 use pgbranch_integration::*;
 
 const VERIFY_EVERY: u64 = 10;
 const MAX_SNAPSHOTS: usize = 3;
 const MARKER: &str = "pgbranch-marker";
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        // xorshift64*
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// What the marker file of branch `x` holds, as far as the test knows.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -280,18 +262,9 @@ fn io_result(r: std::io::Result<()>) -> (bool, String) {
 /// Postmasters whose data directory lies in `store` (the test's and the daemon's).
 fn postmasters_of(store: &Path) -> Vec<i32> {
     let prefix = store.to_string_lossy().to_string();
-    let mut out = Vec::new();
-    for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-        let args: Vec<String> = cmdline.split(|b| *b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
-        let is_postgres = args.first().is_some_and(|a| a.ends_with("/postgres"));
-        let in_store = args.windows(2).any(|w| w[0] == "-D" && w[1].starts_with(&prefix));
-        if is_postgres && in_store {
-            out.push(pid);
-        }
-    }
-    out
+    let is_postgres = |args: &[String]| args.first().is_some_and(|a| a.ends_with("/postgres"));
+    let in_store = |args: &[String]| args.windows(2).any(|w| w[0] == "-D" && w[1].starts_with(&prefix));
+    processes().into_iter().filter(|(_, args)| is_postgres(args) && in_store(args)).map(|(pid, _)| pid).collect()
 }
 
 fn wait_all_gone(pids: &[i32]) {
@@ -389,10 +362,10 @@ fn settle_servers(store: &TestStore) {
 
 #[test]
 fn acknowledged_work_survives_kill_9_at_random_moments() {
-    let cycles = env_or("PGBRANCH_KILL_CYCLES", 50);
-    let seed = env_or("PGBRANCH_KILL_SEED", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
+    let cycles = env_u64("PGBRANCH_KILL_CYCLES", 50);
+    let seed = env_u64("PGBRANCH_KILL_SEED", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs());
     println!("kill cycles: seed {seed} (PGBRANCH_KILL_SEED={seed} reproduces the schedule), {cycles} cycles");
-    let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+    let mut rng = Rng::seeded(seed);
 
     let store = TestStore::new("kill");
     let server = store.new_cluster("w");
@@ -437,7 +410,7 @@ fn acknowledged_work_survives_kill_9_at_random_moments() {
         }
         let driver = {
             let w = world.clone();
-            let mut drng = Rng(rng.next() | 1);
+            let mut drng = Rng(rng.next_u64() | 1);
             std::thread::spawn(move || {
                 while !w.stop.load(Ordering::SeqCst) {
                     let op = w.model.lock().unwrap().pick(&mut drng);

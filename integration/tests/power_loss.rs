@@ -16,16 +16,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use pgbranch_integration::faultdisk::{make_base_image, FaultDisk, Rng};
+use pgbranch_integration::faultdisk::{make_base_image, FaultDisk};
 use pgbranch_integration::loopdisk::LoopDisk;
+use pgbranch_integration::seeded::{env_u64, Rng};
 use pgbranch_integration::{noise, TestStore};
 
 /// An acknowledged file: name, length, content seed.
 type Ack = (String, usize, u64);
-
-fn env_u64(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
 
 /// Writes `name` on `dir`, fsyncs it and the directory: Ok means acknowledged.
 fn write_acked(dir: &Path, name: &str, data: &[u8]) -> std::io::Result<()> {
