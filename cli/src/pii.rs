@@ -58,14 +58,7 @@ fn write_file(path: &Path, text: &str, force: bool) -> Result<()> {
         })?;
         return f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()));
     }
-    let name = path.file_name().with_context(|| format!("{} is not a file name", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
-        .with_context(|| format!("replacing {}", path.display()))
+    crate::files::write_atomic(path, text.as_bytes(), 0o666)
 }
 
 /// One line per column: table.column, type, guess (kind -> transformer), evidence.

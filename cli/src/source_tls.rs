@@ -44,16 +44,7 @@ fn chown(path: &Path, (uid, gid): (u32, u32)) -> Result<()> {
 
 /// Writes `bytes` to `path`, mode 0600, replacing what was there.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", path.display()))
+    crate::files::write_atomic(path, bytes, 0o600)
 }
 
 /// Copies the source's TLS files into the store; returns the source URL naming the

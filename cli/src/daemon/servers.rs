@@ -1,7 +1,13 @@
 //! Branch servers: the stock postgres the daemon runs on a branch — its port, its
-//! generated password, whether it should be running — kept in `data/servers.json` so
-//! that running branches come back after a daemon restart. Also the follower's
+//! generated password, whether the user wants it running — kept in `data/servers.json`
+//! so that running branches come back after a daemon restart. Also the follower's
 //! configuration (source, slot, binaries).
+//!
+//! Two states are kept apart: whether the user wants a server running (persisted, the
+//! `running` key of servers.json: set by a start, cleared only by `branch stop`,
+//! `clone stop` and the branch's removal) and whether it runs now (in memory: the live
+//! [`Server`]s). The daemon stops servers for its own reasons (reset, restart, its own
+//! shutdown) without touching the first, so a crash at any point leaves it right.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -11,6 +17,9 @@ use anyhow::{bail, Context, Result};
 use parking_lot::Mutex;
 use pgbranch_replicator::pg::{self, Owner, PgBin, Server};
 use serde::{Deserialize, Serialize};
+
+use crate::api::{FollowerMode, RaisedSetting};
+use crate::procs::{children, is_postgres, is_running};
 
 /// What a branch's server needs to be started again the same way.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -22,7 +31,12 @@ pub struct ServerSpec {
     pub password: Option<String>,
     pub dbname: String,
     pub pg_bin: PathBuf,
-    pub running: bool,
+    /// The user wants this server running: the next daemon starts it. Not whether it
+    /// runs now (see [`Servers::is_running`]).
+    #[serde(rename = "running")]
+    pub wanted: bool,
+    /// The postmaster's pid while one runs (a daemon killed -9 leaves it: the next one
+    /// stops that orphan before starting its own).
     pub pid: Option<i32>,
     /// The follower's standby: started as a standby, never promoted.
     #[serde(default)]
@@ -44,9 +58,9 @@ pub struct FollowerConfig {
     pub user: String,
     pub dbname: String,
     pub stopped: bool,
-    /// "physical" (a hot standby) or "logical" (masked, into a read-write main).
+    /// A hot standby, or masked into a read-write main.
     #[serde(default = "physical")]
-    pub mode: String,
+    pub mode: FollowerMode,
     #[serde(default)]
     pub publication: Option<String>,
     /// The transform config's name as the user gave it (for messages); its text is
@@ -66,60 +80,71 @@ pub struct FollowerConfig {
     pub standby_restarts: u64,
 }
 
-/// One hot-standby setting raised on main to match the source.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct RaisedSetting {
-    pub name: String,
-    pub from: i64,
-    pub to: i64,
-    pub at_unix: i64,
-}
-
-fn physical() -> String {
-    "physical".into()
+fn physical() -> FollowerMode {
+    FollowerMode::Physical
 }
 
 fn yes() -> bool {
     true
 }
 
-#[derive(Debug, Default, Serialize, Deserialize)]
-pub struct RuntimeState {
+/// The layout of `servers.json` this pgbranch writes; it reads this one and older.
+pub(crate) const FORMAT: u32 = 1;
+
+/// Files written before the `format` field are format 1 (the same layout).
+fn format_one() -> u32 {
+    1
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct RuntimeState {
+    #[serde(default = "format_one")]
+    pub format: u32,
+    #[serde(default)]
     pub servers: BTreeMap<String, ServerSpec>,
+    #[serde(default)]
     pub policies: BTreeMap<String, Policy>,
+    #[serde(default)]
     pub follower: Option<FollowerConfig>,
 }
 
+impl Default for RuntimeState {
+    fn default() -> RuntimeState {
+        RuntimeState { format: FORMAT, servers: BTreeMap::new(), policies: BTreeMap::new(), follower: None }
+    }
+}
+
+impl RuntimeState {
+    /// Reads `servers.json`; a file of a newer format is refused, not half-read.
+    fn parse(bytes: &[u8], path: &Path) -> Result<RuntimeState> {
+        #[derive(Deserialize)]
+        struct Format {
+            #[serde(default = "format_one")]
+            format: u32,
+        }
+        let format: Format = serde_json::from_slice(bytes).with_context(|| format!("parsing {}", path.display()))?;
+        if format.format > FORMAT {
+            bail!(
+                "{} is format {}, written by a newer pgbranch; this one reads format {FORMAT} and older: run the newer pgbranch (or restore the file it replaced)",
+                path.display(),
+                format.format
+            );
+        }
+        let mut state: RuntimeState = serde_json::from_slice(bytes).with_context(|| format!("parsing {}", path.display()))?;
+        state.format = FORMAT;
+        Ok(state)
+    }
+}
+
+/// Branch servers and the runtime state that brings them back. The state is only
+/// reachable through [`Servers::read`] and [`Servers::update`]; `update` saves
+/// `servers.json` before it returns, so no change is ever left unsaved.
 pub struct Servers {
     path: PathBuf,
     run_dir: PathBuf,
     pub owner: Owner,
-    pub state: Mutex<RuntimeState>,
+    state: Mutex<RuntimeState>,
     live: Mutex<BTreeMap<String, Server>>,
-}
-
-/// The pids of `pid`'s children.
-fn children(pid: i32) -> Vec<i32> {
-    let mut out = Vec::new();
-    if let Ok(rd) = std::fs::read_dir("/proc") {
-        for e in rd.flatten() {
-            let Ok(p) = e.file_name().to_string_lossy().parse::<i32>() else { continue };
-            let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
-            let ppid = stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|v| v.parse::<i32>().ok());
-            if ppid == Some(pid) {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
-/// Whether `pid` exists and is not a zombie.
-fn is_running(pid: i32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().is_some_and(|r| r.trim_start().starts_with('Z')),
-        Err(_) => false,
-    }
 }
 
 /// Removes a postmaster.pid whose postmaster is dead. Postgres itself treats a zombie
@@ -133,16 +158,11 @@ fn clear_dead_lock_file(lock: &Path) {
     }
 }
 
-/// Whether `pid` is a live postgres process (not reused by something else).
-fn is_postgres(pid: i32) -> bool {
-    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("postgres"))
-}
-
 impl Servers {
     pub fn open(data_dir: &Path, run_dir: &Path) -> Result<Servers> {
         let path = data_dir.join("servers.json");
         let state = match std::fs::read(&path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| format!("parsing {}", path.display()))?,
+            Ok(bytes) => RuntimeState::parse(&bytes, &path)?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => RuntimeState::default(),
             Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
         };
@@ -157,18 +177,27 @@ impl Servers {
         })
     }
 
-    /// Writes the state atomically (temp file, fsync, rename).
-    pub fn save(&self) -> Result<()> {
-        let state = self.state.lock();
-        let tmp = self.path.with_extension("json.tmp");
-        {
-            use std::io::Write;
-            let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(&tmp)?;
-            f.write_all(&serde_json::to_vec_pretty(&*state)?)?;
-            f.sync_all()?;
-        }
-        std::fs::rename(&tmp, &self.path).with_context(|| format!("writing {}", self.path.display()))?;
-        Ok(())
+    /// Reads the runtime state under its lock.
+    pub(crate) fn read<R>(&self, f: impl FnOnce(&RuntimeState) -> R) -> R {
+        f(&self.state.lock())
+    }
+
+    /// Changes the runtime state and saves it: takes the lock, applies `f`, writes
+    /// `servers.json` atomically and durably, then releases the lock (so saves happen
+    /// in the order of the changes). If the write fails the change stays in memory
+    /// and the error says so; the next successful update saves it too.
+    pub(crate) fn update<R>(&self, f: impl FnOnce(&mut RuntimeState) -> R) -> Result<R> {
+        let mut state = self.state.lock();
+        let out = f(&mut state);
+        let bytes = serde_json::to_vec_pretty(&*state).context("encoding the servers state")?;
+        crate::files::write_atomic(&self.path, &bytes, 0o600)
+            .context("saving the branch servers' state; the change is in effect until the daemon restarts")?;
+        Ok(out)
+    }
+
+    /// The follower's configuration, if one was registered.
+    pub(crate) fn follower(&self) -> Option<FollowerConfig> {
+        self.read(|s| s.follower.clone())
     }
 
     pub fn socket_dir(&self, name: &str) -> PathBuf {
@@ -198,16 +227,19 @@ impl Servers {
         let bin = PgBin(spec.pg_bin.clone());
         let server = Server::start(&bin, &self.owner, data, &self.socket_dir(name), spec.port)
             .with_context(|| format!("starting postgres on branch {name}"))?;
-        {
-            let mut st = self.state.lock();
+        let recorded = self.update(|st| {
             // Forgotten while it started (a delete): record nothing; dropping the
             // server stops it.
-            let Some(s) = st.servers.get_mut(name) else { bail!("branch {name} was deleted while its server started") };
+            let s = st.servers.get_mut(name)?;
             s.pid = server.pid;
-            s.running = true;
+            s.wanted = true;
+            Some(())
+        })?;
+        if recorded.is_none() {
+            bail!("branch {name} was deleted while its server started");
         }
         self.live.lock().insert(name.to_string(), server);
-        self.save()
+        Ok(())
     }
 
     /// Whether the server of `name`, started by this daemon, has since exited by itself.
@@ -217,7 +249,7 @@ impl Servers {
 
     /// Stops the server of `name` if it still runs (or forgets it if it exited; its pid
     /// may belong to another process by now) and starts it again.
-    pub fn restart(&self, name: &str, data: &Path) -> Result<()> {
+    pub(crate) fn restart(&self, name: &str, data: &Path) -> Result<()> {
         let old = self.live.lock().remove(name);
         if let Some(mut server) = old {
             if server.pid.is_some_and(is_running) {
@@ -229,28 +261,60 @@ impl Servers {
         self.start(name, data)
     }
 
-    /// Stops the server of branch `name` (fast shutdown); `keep_running` records
-    /// whether it should come back after a daemon restart.
-    pub fn stop(&self, name: &str, keep_running: bool) -> Result<()> {
-        if let Some(mut server) = self.live.lock().remove(name) {
+    /// The user's stop (`branch stop`, `clone stop`): records first that the server is
+    /// no longer wanted (a crash after that leaves it stopped), then stops it.
+    pub(crate) fn stop(&self, name: &str) -> Result<()> {
+        self.update(|st| {
+            if let Some(s) = st.servers.get_mut(name) {
+                s.wanted = false;
+            }
+        })?;
+        self.halt(name)
+    }
+
+    /// Stops the server of `name` (fast shutdown) for the daemon's own reasons (a
+    /// reset, a delete, its shutdown): whether the user wants it running is unchanged.
+    pub(crate) fn halt(&self, name: &str) -> Result<()> {
+        let live = self.live.lock().remove(name);
+        if let Some(mut server) = live {
             server.stop().with_context(|| format!("stopping postgres on branch {name}"))?;
         }
-        if let Some(s) = self.state.lock().servers.get_mut(name) {
-            s.pid = None;
-            s.running = keep_running && s.running;
-        }
-        self.save()
+        self.update(|st| {
+            if let Some(s) = st.servers.get_mut(name) {
+                s.pid = None;
+            }
+        })
+    }
+
+    /// Records that the user wants the server of `name` running (before the daemon
+    /// stops it to start it again, so a crash in between still brings it back).
+    pub(crate) fn want_running(&self, name: &str) -> Result<()> {
+        self.update(|st| {
+            if let Some(s) = st.servers.get_mut(name) {
+                s.wanted = true;
+            }
+        })
+    }
+
+    /// The servers the user wants running, and every server with a recorded pid (a
+    /// daemon that died may have left it running).
+    pub(crate) fn wanted_and_recorded(&self) -> (Vec<String>, Vec<String>) {
+        self.read(|st| {
+            let wanted = st.servers.iter().filter(|(_, s)| s.wanted).map(|(n, _)| n.clone()).collect();
+            let recorded = st.servers.iter().filter(|(_, s)| s.pid.is_some()).map(|(n, _)| n.clone()).collect();
+            (wanted, recorded)
+        })
     }
 
     /// Sends SIGKILL to a server left by a daemon that died, and to its backends (they
     /// hold its shared memory, which would keep a new postmaster from starting).
     pub fn signal_orphan(&self, name: &str) -> Vec<i32> {
-        let pid = self.state.lock().servers.get(name).and_then(|s| s.pid);
+        let pid = self.read(|st| st.servers.get(name).and_then(|s| s.pid));
         let Some(pid) = pid.filter(|p| is_postgres(*p)) else { return Vec::new() };
         let mut all = children(pid);
         all.push(pid);
         for p in &all {
-            unsafe { libc::kill(*p, libc::SIGKILL) };
+            let _ = crate::sys::kill(*p, libc::SIGKILL);
         }
         all
     }
@@ -275,13 +339,12 @@ impl Servers {
     }
 
     /// Forgets everything about a deleted branch.
-    pub fn forget(&self, name: &str) -> Result<()> {
-        self.stop(name, false)?;
-        let mut st = self.state.lock();
-        st.servers.remove(name);
-        st.policies.remove(name);
-        drop(st);
-        self.save()
+    pub(crate) fn forget(&self, name: &str) -> Result<()> {
+        self.halt(name)?;
+        self.update(|st| {
+            st.servers.remove(name);
+            st.policies.remove(name);
+        })
     }
 
     /// The URL of a branch's server.
@@ -292,18 +355,17 @@ impl Servers {
         let password = match &spec.password {
             Some(p) => p.clone(),
             None => {
-                let f = self.state.lock().follower.clone();
-                f.and_then(|f| pgbranch_replicator::source::Source::parse(&f.source_url).ok()?.password()).unwrap_or_default()
+                self.follower().and_then(|f| pgbranch_replicator::source::Source::parse(&f.source_url).ok()?.password()).unwrap_or_default()
             }
         };
         Ok(format!("postgresql://{}:{}@127.0.0.1:{}/{}", encode(&spec.user), encode(&password), spec.port, encode(&spec.dbname)))
     }
 
     /// Stops every server (daemon shutdown); they come back on the next start.
-    pub fn stop_all(&self) {
+    pub(crate) fn stop_all(&self) {
         let names: Vec<String> = self.live.lock().keys().cloned().collect();
         for name in names {
-            if let Err(e) = self.stop(&name, true) {
+            if let Err(e) = self.halt(&name) {
                 tracing::error!("{e:#}");
             }
         }
@@ -327,10 +389,8 @@ pub fn new_spec(user: &str, dbname: &str, pg_bin: &PgBin, standby: bool) -> Resu
         password: if standby { None } else { Some(pg::generate_password()) },
         dbname: dbname.to_string(),
         pg_bin: pg_bin.0.clone(),
-        running: false,
+        wanted: false,
         pid: None,
         standby,
     })
 }
-
-use std::os::unix::fs::OpenOptionsExt;
