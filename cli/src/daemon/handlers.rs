@@ -438,50 +438,47 @@ fn answer(data: impl Serialize) -> Result<Value> {
     Ok(serde_json::to_value(data)?)
 }
 
+// The conversions below destructure the store's reports field by field: a field the
+// store adds is a compile error here until the answer carries it too.
+
 fn usage(u: pgbranch_fs::repo::Usage) -> Result<api::Usage> {
-    let branches = u
-        .branches
+    let pgbranch_fs::repo::Usage {
+        branches,
+        physical_bytes,
+        distinct_bytes,
+        stored_block_bytes,
+        tree_node_bytes,
+        compression_ratio,
+        dedup_ratio,
+    } = u;
+    let branches = branches
         .into_iter()
         .map(|b| {
-            let kind = match b.kind {
+            let pgbranch_fs::repo::BranchUsage { name, kind, logical_bytes, unique_bytes, shared_bytes } = b;
+            let kind = match kind {
                 "branch" => api::BranchKind::Branch,
                 "snapshot" => api::BranchKind::Snapshot,
-                other => bail!("branch {} has an unknown kind {other:?} in the store's usage report", b.name),
+                other => bail!("branch {name} has an unknown kind {other:?} in the store's usage report"),
             };
-            Ok(api::BranchUsage {
-                name: b.name,
-                kind,
-                logical_bytes: b.logical_bytes,
-                unique_bytes: b.unique_bytes,
-                shared_bytes: b.shared_bytes,
-            })
+            Ok(api::BranchUsage { name, kind, logical_bytes, unique_bytes, shared_bytes })
         })
         .collect::<Result<_>>()?;
-    Ok(api::Usage {
-        branches,
-        physical_bytes: u.physical_bytes,
-        distinct_bytes: u.distinct_bytes,
-        stored_block_bytes: u.stored_block_bytes,
-        tree_node_bytes: u.tree_node_bytes,
-        compression_ratio: u.compression_ratio,
-        dedup_ratio: u.dedup_ratio,
-    })
+    Ok(api::Usage { branches, physical_bytes, distinct_bytes, stored_block_bytes, tree_node_bytes, compression_ratio, dedup_ratio })
 }
 
 fn gc_done(r: pgbranch_fs::gc::GcReport) -> api::GcDone {
-    api::GcDone {
-        objects_removed: r.objects_removed,
-        packs_rewritten: r.packs_rewritten,
-        bytes_before: r.bytes_before,
-        bytes_after: r.bytes_after,
-    }
+    let pgbranch_fs::gc::GcReport { objects_removed, packs_rewritten, bytes_before, bytes_after } = r;
+    api::GcDone { objects_removed, packs_rewritten, bytes_before, bytes_after }
 }
 
 fn verified(r: pgbranch_fs::repo::VerifyReport) -> api::Verified {
-    let damaged = r
-        .damaged
+    let pgbranch_fs::repo::VerifyReport { objects_checked, damaged } = r;
+    let damaged = damaged
         .into_iter()
-        .map(|d| api::Damage { branch: d.branch, path: d.path, offset: d.offset, object: d.object, error: d.error })
+        .map(|d| {
+            let pgbranch_fs::repo::Damage { branch, path, offset, object, error } = d;
+            api::Damage { branch, path, offset, object, error }
+        })
         .collect();
-    api::Verified { objects_checked: r.objects_checked, damaged }
+    api::Verified { objects_checked, damaged }
 }
