@@ -160,6 +160,6 @@ impl Layout {
 
 /// Whether an error means the filesystem (or the user's quota) is full, as opposed to
 /// not writable at all (EACCES, EROFS, ...).
-pub fn is_out_of_space(e: &std::io::Error) -> bool {
+pub(crate) fn is_out_of_space(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }

@@ -12,6 +12,6 @@ pub mod layout;
 pub mod output;
 pub mod pii;
 mod procs;
-pub mod source_tls;
+mod source_tls;
 pub mod sys;
 pub use pgbranch_replicator::pg;

@@ -6,7 +6,7 @@ use serde::Serialize;
 
 use crate::api::{BranchInfo, Created, FollowerMode, FollowerStatus, GcDone, Space, Status, Usage, Verified};
 
-pub fn bytes(n: u64) -> String {
+pub(crate) fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;

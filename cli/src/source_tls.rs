@@ -49,7 +49,7 @@ fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// Copies the source's TLS files into the store; returns the source URL naming the
 /// copies (the URL unchanged when it names no files).
-pub fn install(layout: &Layout, owner: &Owner, source: &Source) -> Result<String> {
+pub(crate) fn install(layout: &Layout, owner: &Owner, source: &Source) -> Result<String> {
     let files = files(source);
     let saved = layout.source_tls_saved();
     let _ = std::fs::remove_dir_all(&saved);
@@ -75,7 +75,7 @@ pub fn install(layout: &Layout, owner: &Owner, source: &Source) -> Result<String
 
 /// Lays the saved TLS files out for postgres' user, `owner` (uid, gid): again at each
 /// daemon start, e.g. after a reboot emptied /run; nothing when the source names none.
-pub fn publish(layout: &Layout, owner: (u32, u32)) -> Result<()> {
+pub(crate) fn publish(layout: &Layout, owner: (u32, u32)) -> Result<()> {
     let saved = layout.source_tls_saved();
     let Ok(entries) = std::fs::read_dir(&saved) else {
         return Ok(());

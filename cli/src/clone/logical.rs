@@ -35,7 +35,7 @@ pub struct Options {
 }
 
 /// Reads and parses a transform config file (errors name the file and line).
-pub fn read_config(path: &Path) -> Result<(String, String, TransformConfig)> {
+pub(crate) fn read_config(path: &Path) -> Result<(String, String, TransformConfig)> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("reading the transform config {name}"))?;
     let config = TransformConfig::parse(&name, &text)?;
@@ -45,7 +45,7 @@ pub fn read_config(path: &Path) -> Result<(String, String, TransformConfig)> {
 /// Checks `config` against the source's schema: unknown tables and columns, unique
 /// columns, and (strict) uncovered columns are errors; relaxed mode warns loudly.
 /// Tables that cannot be followed (no replica identity) are errors too.
-pub fn check_against_source(config: &TransformConfig, schema: &SourceSchema, strict: bool) -> Result<()> {
+pub(crate) fn check_against_source(config: &TransformConfig, schema: &SourceSchema, strict: bool) -> Result<()> {
     let (columns, unique) = schema.validation_inputs();
     config.validate(&columns, &unique, strict)?;
     let no_identity: Vec<String> =

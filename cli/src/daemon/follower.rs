@@ -18,14 +18,14 @@ use super::{Daemon, MAIN};
 use crate::api::{FollowerState, FollowerStatus};
 
 /// A running stream thread.
-pub struct LogicalRunner {
+pub(crate) struct LogicalRunner {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    pub status: Arc<Mutex<StreamStatus>>,
+    pub(crate) status: Arc<Mutex<StreamStatus>>,
 }
 
 impl LogicalRunner {
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();

@@ -4,7 +4,7 @@
 mod committer;
 mod follower;
 mod handlers;
-pub mod servers;
+mod servers;
 mod space;
 mod standby;
 
@@ -35,14 +35,14 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// Low enough that uncommitted data stays a small part of the daemon's memory.
 const DIRTY_SOFT_LIMIT: u64 = 2048;
 
-pub struct Daemon {
-    pub layout: Layout,
-    pub repo: Arc<Repository>,
-    pub mounts: Mutex<BTreeMap<String, Mounted>>,
-    pub signal: Arc<CommitSignal>,
-    pub started: Instant,
-    pub owner: (u32, u32),
-    pub servers: servers::Servers,
+pub(crate) struct Daemon {
+    pub(crate) layout: Layout,
+    pub(crate) repo: Arc<Repository>,
+    pub(crate) mounts: Mutex<BTreeMap<String, Mounted>>,
+    pub(crate) signal: Arc<CommitSignal>,
+    pub(crate) started: Instant,
+    pub(crate) owner: (u32, u32),
+    pub(crate) servers: servers::Servers,
     /// The masked follower's stream thread, when one runs.
     logical: Mutex<Option<follower::LogicalRunner>>,
     stopping: AtomicBool,
@@ -89,7 +89,7 @@ fn take_lock(layout: &Layout) -> Result<std::fs::File> {
 }
 
 impl Daemon {
-    pub fn start(layout: Layout) -> Result<Arc<Daemon>> {
+    pub(crate) fn start(layout: Layout) -> Result<Arc<Daemon>> {
         layout.prepare()?;
         let lock = take_lock(&layout)?;
         let owner = branch_owner()?;
@@ -119,7 +119,7 @@ impl Daemon {
 
     /// Brings back the servers the user wants running (as the last daemon left them
     /// recorded, whether it stopped or died).
-    pub fn restore_servers(self: &Arc<Self>) {
+    pub(crate) fn restore_servers(self: &Arc<Self>) {
         let d = self.clone();
         let spawned = std::thread::Builder::new().name("restore-servers".into()).spawn(move || {
             d.restore_servers_now();
@@ -184,7 +184,7 @@ impl Daemon {
         Ok(())
     }
 
-    pub fn mount(&self, name: &str) -> Result<()> {
+    pub(crate) fn mount(&self, name: &str) -> Result<()> {
         let branch = self.repo.get(name)?;
         let path = self.layout.mount_point(name);
         fuse::clear_stale(&path).ok();
@@ -197,7 +197,7 @@ impl Daemon {
     }
 
     /// Unmounts a branch; refuses while anything uses it.
-    pub fn unmount(&self, name: &str) -> Result<()> {
+    pub(crate) fn unmount(&self, name: &str) -> Result<()> {
         let Some(m) = self.mounts.lock().remove(name) else { return Ok(()) };
         let path = m.path().to_path_buf();
         // A plain unmount: it fails with EBUSY while anything is inside.
@@ -216,7 +216,7 @@ impl Daemon {
         Ok(())
     }
 
-    pub fn serve(self: &Arc<Self>) -> Result<()> {
+    pub(crate) fn serve(self: &Arc<Self>) -> Result<()> {
         let sock = self.layout.socket();
         if sock.exists() {
             std::fs::remove_file(&sock).with_context(|| format!("removing stale socket {}", sock.display()))?;
@@ -268,7 +268,7 @@ impl Daemon {
     }
 
     /// Commits everything and unmounts (lazily, so a stuck client cannot hang us).
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         self.stop_logical();
         // The committer keeps running while the servers stop: their shutdown
         // checkpoints can write more than the dirty limit, and writers past it wait

@@ -23,61 +23,61 @@ use crate::procs::{children, is_postgres, is_running};
 
 /// What a branch's server needs to be started again the same way.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct ServerSpec {
-    pub port: u16,
+pub(crate) struct ServerSpec {
+    pub(crate) port: u16,
     /// Role the URL logs in as, and its generated password (None: the source's own
     /// password, for the follower's hot standby).
-    pub user: String,
-    pub password: Option<String>,
-    pub dbname: String,
-    pub pg_bin: PathBuf,
+    pub(crate) user: String,
+    pub(crate) password: Option<String>,
+    pub(crate) dbname: String,
+    pub(crate) pg_bin: PathBuf,
     /// The user wants this server running: the next daemon starts it. Not whether it
     /// runs now (see [`Servers::is_running`]).
     #[serde(rename = "running")]
-    pub wanted: bool,
+    pub(crate) wanted: bool,
     /// The postmaster's pid while one runs (a daemon killed -9 leaves it: the next one
     /// stops that orphan before starting its own).
-    pub pid: Option<i32>,
+    pub(crate) pid: Option<i32>,
     /// The follower's standby: started as a standby, never promoted.
     #[serde(default)]
-    pub standby: bool,
+    pub(crate) standby: bool,
 }
 
 /// Per-branch policy set at creation.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct Policy {
-    pub expires_unix: Option<i64>,
-    pub protected: bool,
+pub(crate) struct Policy {
+    pub(crate) expires_unix: Option<i64>,
+    pub(crate) protected: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct FollowerConfig {
-    pub source_url: String,
-    pub slot: String,
-    pub pg_bin: PathBuf,
-    pub user: String,
-    pub dbname: String,
-    pub stopped: bool,
+pub(crate) struct FollowerConfig {
+    pub(crate) source_url: String,
+    pub(crate) slot: String,
+    pub(crate) pg_bin: PathBuf,
+    pub(crate) user: String,
+    pub(crate) dbname: String,
+    pub(crate) stopped: bool,
     /// A hot standby, or masked into a read-write main.
     #[serde(default = "physical")]
-    pub mode: FollowerMode,
+    pub(crate) mode: FollowerMode,
     #[serde(default)]
-    pub publication: Option<String>,
+    pub(crate) publication: Option<String>,
     /// The transform config's name as the user gave it (for messages); its text is
     /// in the store (`data/transform.yaml`).
     #[serde(default)]
-    pub config_name: Option<String>,
+    pub(crate) config_name: Option<String>,
     #[serde(default = "yes")]
-    pub strict: bool,
+    pub(crate) strict: bool,
     /// Whether pgbranch created the publication (and so may drop it).
     #[serde(default = "yes")]
-    pub publication_created: bool,
+    pub(crate) publication_created: bool,
     /// Hot-standby settings pgbranch raised on main after the source raised them.
     #[serde(default)]
-    pub settings_raised: Vec<RaisedSetting>,
+    pub(crate) settings_raised: Vec<RaisedSetting>,
     /// Times main's standby exited on its own and was started again.
     #[serde(default)]
-    pub standby_restarts: u64,
+    pub(crate) standby_restarts: u64,
 }
 
 fn physical() -> FollowerMode {
@@ -99,13 +99,13 @@ fn format_one() -> u32 {
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) struct RuntimeState {
     #[serde(default = "format_one")]
-    pub format: u32,
+    pub(crate) format: u32,
     #[serde(default)]
-    pub servers: BTreeMap<String, ServerSpec>,
+    pub(crate) servers: BTreeMap<String, ServerSpec>,
     #[serde(default)]
-    pub policies: BTreeMap<String, Policy>,
+    pub(crate) policies: BTreeMap<String, Policy>,
     #[serde(default)]
-    pub follower: Option<FollowerConfig>,
+    pub(crate) follower: Option<FollowerConfig>,
 }
 
 impl Default for RuntimeState {
@@ -139,10 +139,10 @@ impl RuntimeState {
 /// Branch servers and the runtime state that brings them back. The state is only
 /// reachable through [`Servers::read`] and [`Servers::update`]; `update` saves
 /// `servers.json` before it returns, so no change is ever left unsaved.
-pub struct Servers {
+pub(crate) struct Servers {
     path: PathBuf,
     run_dir: PathBuf,
-    pub owner: Owner,
+    pub(crate) owner: Owner,
     state: Mutex<RuntimeState>,
     live: Mutex<BTreeMap<String, Server>>,
 }
@@ -159,7 +159,7 @@ fn clear_dead_lock_file(lock: &Path) {
 }
 
 impl Servers {
-    pub fn open(data_dir: &Path, run_dir: &Path) -> Result<Servers> {
+    pub(crate) fn open(data_dir: &Path, run_dir: &Path) -> Result<Servers> {
         let path = data_dir.join("servers.json");
         let state = match std::fs::read(&path) {
             Ok(bytes) => RuntimeState::parse(&bytes, &path)?,
@@ -200,24 +200,24 @@ impl Servers {
         self.read(|s| s.follower.clone())
     }
 
-    pub fn socket_dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn socket_dir(&self, name: &str) -> PathBuf {
         self.run_dir.join(name)
     }
 
-    pub fn spec(&self, name: &str) -> Option<ServerSpec> {
+    pub(crate) fn spec(&self, name: &str) -> Option<ServerSpec> {
         self.state.lock().servers.get(name).cloned()
     }
 
-    pub fn is_running(&self, name: &str) -> bool {
+    pub(crate) fn is_running(&self, name: &str) -> bool {
         self.live.lock().contains_key(name)
     }
 
-    pub fn running_ports(&self) -> BTreeMap<String, u16> {
+    pub(crate) fn running_ports(&self) -> BTreeMap<String, u16> {
         self.live.lock().iter().map(|(n, s)| (n.clone(), s.port)).collect()
     }
 
     /// Starts the server of branch `name` at `data` per its spec; records its pid.
-    pub fn start(&self, name: &str, data: &Path) -> Result<()> {
+    pub(crate) fn start(&self, name: &str, data: &Path) -> Result<()> {
         if self.is_running(name) {
             return Ok(());
         }
@@ -243,7 +243,7 @@ impl Servers {
     }
 
     /// Whether the server of `name`, started by this daemon, has since exited by itself.
-    pub fn exited(&self, name: &str) -> bool {
+    pub(crate) fn exited(&self, name: &str) -> bool {
         self.live.lock().get(name).and_then(|s| s.pid).is_some_and(|p| !is_running(p))
     }
 
@@ -308,7 +308,7 @@ impl Servers {
 
     /// Sends SIGKILL to a server left by a daemon that died, and to its backends (they
     /// hold its shared memory, which would keep a new postmaster from starting).
-    pub fn signal_orphan(&self, name: &str) -> Vec<i32> {
+    pub(crate) fn signal_orphan(&self, name: &str) -> Vec<i32> {
         let pid = self.read(|st| st.servers.get(name).and_then(|s| s.pid));
         let Some(pid) = pid.filter(|p| is_postgres(*p)) else { return Vec::new() };
         let mut all = children(pid);
@@ -321,7 +321,7 @@ impl Servers {
 
     /// Waits for killed processes to die (zombies count as dead: their parent may
     /// never reap them).
-    pub fn wait_dead(pids: &[i32]) {
+    pub(crate) fn wait_dead(pids: &[i32]) {
         for &pid in pids {
             for _ in 0..400 {
                 if !is_running(pid) {
@@ -332,7 +332,7 @@ impl Servers {
         }
     }
 
-    pub fn server(&self, name: &str) -> Option<Server> {
+    pub(crate) fn server(&self, name: &str) -> Option<Server> {
         let live = self.live.lock();
         let s = live.get(name)?;
         Some(Server::adopt(&s.bin, &s.owner, &s.data, &s.socket_dir, s.port, None))
@@ -348,7 +348,7 @@ impl Servers {
     }
 
     /// The URL of a branch's server.
-    pub fn url(&self, name: &str) -> Result<String> {
+    pub(crate) fn url(&self, name: &str) -> Result<String> {
         let Some(spec) = self.spec(name) else {
             bail!("branch {name} has no postgres server (created --empty or --no-start?); start one with `pgbranch branch start {name}`")
         };
@@ -382,7 +382,7 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
-pub fn new_spec(user: &str, dbname: &str, pg_bin: &PgBin, standby: bool) -> Result<ServerSpec> {
+pub(crate) fn new_spec(user: &str, dbname: &str, pg_bin: &PgBin, standby: bool) -> Result<ServerSpec> {
     Ok(ServerSpec {
         port: pg::free_port()?,
         user: user.to_string(),
@@ -393,4 +393,28 @@ pub fn new_spec(user: &str, dbname: &str, pg_bin: &PgBin, standby: bool) -> Resu
         pid: None,
         standby,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn servers_json_format_is_checked_on_load() {
+        let path = Path::new("/store/data/servers.json");
+        // Written before the format field: format 1, same layout; `running` is the
+        // wanted flag.
+        let old = br#"{"servers":{"x":{"port":5433,"user":"u","password":"p","dbname":"d","pg_bin":"/bin","running":true,"pid":7}}}"#;
+        let st = RuntimeState::parse(old, path).unwrap();
+        assert_eq!(st.format, 1);
+        assert!(st.servers["x"].wanted && st.servers["x"].pid == Some(7) && !st.servers["x"].standby);
+        let again = serde_json::to_value(&st).unwrap();
+        assert_eq!(again["format"], 1);
+        assert_eq!(again["servers"]["x"]["running"], true, "the key stays `running`");
+        let newer = br#"{"format":2,"servers":{}}"#;
+        let e = format!("{:#}", RuntimeState::parse(newer, path).unwrap_err());
+        assert!(e.contains("format 2") && e.contains("newer pgbranch") && e.contains("servers.json"), "{e}");
+        let e = format!("{:#}", RuntimeState::parse(b"{not json", path).unwrap_err());
+        assert!(e.contains("parsing /store/data/servers.json"), "{e}");
+    }
 }
