@@ -345,4 +345,21 @@ mod tests {
         let r = guarded("gc", || bail!("the store is busy"));
         assert_eq!(r.error.as_deref(), Some("the store is busy"));
     }
+
+    #[test]
+    fn the_lock_file_names_the_daemon_that_holds_it() {
+        let root = std::env::temp_dir().join(format!("pgbranch-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let layout = Layout { root: root.clone() };
+        // A longer stale pid from a dead daemon: replaced whole, no digits left over.
+        std::fs::write(layout.lock(), "1234567890\n").unwrap();
+        let held = take_lock(&layout).unwrap();
+        let me = std::process::id();
+        assert_eq!(std::fs::read_to_string(layout.lock()).unwrap(), format!("{me}\n"));
+        let e = format!("{:#}", take_lock(&layout).unwrap_err());
+        assert!(e.contains(&format!("another pgbranch daemon (pid {me})")), "{e}");
+        drop(held);
+        drop(take_lock(&layout).unwrap());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
 }

@@ -222,6 +222,10 @@ impl Servers {
             return Ok(());
         }
         let spec = self.spec(name).with_context(|| format!("branch {name} has no server configured"))?;
+        if !spec.wanted {
+            // Wanted from the request on: a crash while it starts still brings it back.
+            self.want_running(name)?;
+        }
         clear_dead_lock_file(&data.join("postmaster.pid"));
         clear_dead_lock_file(&self.socket_dir(name).join(format!(".s.PGSQL.{}.lock", spec.port)));
         let bin = PgBin(spec.pg_bin.clone());
@@ -232,7 +236,6 @@ impl Servers {
             // server stops it.
             let s = st.servers.get_mut(name)?;
             s.pid = server.pid;
-            s.wanted = true;
             Some(())
         })?;
         if recorded.is_none() {
@@ -382,6 +385,7 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+/// A new server's spec, made to be started at once (so wanted from the start).
 pub(crate) fn new_spec(user: &str, dbname: &str, pg_bin: &PgBin, standby: bool) -> Result<ServerSpec> {
     Ok(ServerSpec {
         port: pg::free_port()?,
@@ -389,7 +393,7 @@ pub(crate) fn new_spec(user: &str, dbname: &str, pg_bin: &PgBin, standby: bool) 
         password: if standby { None } else { Some(pg::generate_password()) },
         dbname: dbname.to_string(),
         pg_bin: pg_bin.0.clone(),
-        wanted: false,
+        wanted: true,
         pid: None,
         standby,
     })
