@@ -140,10 +140,11 @@ impl Daemon {
     fn restore_servers_now(&self) {
         let (wanted, recorded) = self.servers.wanted_and_recorded();
         // Orphans first, all at once (each may take a moment to die): every server a
-        // dead daemon left running, wanted or not.
+        // dead daemon left running, wanted or not (a wanted one may have no pid yet).
         let mut orphans = Vec::new();
-        for name in &recorded {
-            let pids = self.servers.signal_orphan(name);
+        let suspects: std::collections::BTreeSet<&String> = recorded.iter().chain(&wanted).collect();
+        for name in suspects {
+            let pids = self.servers.signal_orphan(name, &self.layout.mount_point(name));
             if let Some(pid) = pids.last() {
                 tracing::warn!("stopped postgres {pid} of branch {name}, orphaned by a previous daemon");
             }
