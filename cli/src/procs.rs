@@ -27,6 +27,15 @@ pub(crate) fn is_postgres(pid: i32) -> bool {
     std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("postgres"))
 }
 
+/// Whether `pid` is a postgres running on the data directory `data` (its command line
+/// names both): a pid read from a stale `postmaster.pid` may belong to anything now.
+pub(crate) fn is_postgres_of(pid: i32, data: &std::path::Path) -> bool {
+    std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+        let args: Vec<&[u8]> = c.split(|b| *b == 0).collect();
+        args.first().is_some_and(|a| String::from_utf8_lossy(a).contains("postgres")) && args.contains(&data.as_os_str().as_encoded_bytes())
+    })
+}
+
 /// A `kB` field of `/proc/self/status` (`VmRSS:`, `VmHWM:`) in bytes; 0 if absent.
 pub(crate) fn status_bytes(field: &str) -> u64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
@@ -48,6 +57,7 @@ mod tests {
         assert!(children(std::process::id() as i32).contains(&pid));
         assert!(is_running(pid));
         assert!(!is_postgres(pid));
+        assert!(!is_postgres_of(pid, std::path::Path::new("30")), "sleep is no postgres");
         child.kill().unwrap();
         child.wait().unwrap();
         assert!(!is_running(pid));

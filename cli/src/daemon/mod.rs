@@ -140,10 +140,11 @@ impl Daemon {
     fn restore_servers_now(&self) {
         let (wanted, recorded) = self.servers.wanted_and_recorded();
         // Orphans first, all at once (each may take a moment to die): every server a
-        // dead daemon left running, wanted or not.
+        // dead daemon left running, wanted or not (a wanted one may have no pid yet).
         let mut orphans = Vec::new();
-        for name in &recorded {
-            let pids = self.servers.signal_orphan(name);
+        let suspects: std::collections::BTreeSet<&String> = recorded.iter().chain(&wanted).collect();
+        for name in suspects {
+            let pids = self.servers.signal_orphan(name, &self.layout.mount_point(name));
             if let Some(pid) = pids.last() {
                 tracing::warn!("stopped postgres {pid} of branch {name}, orphaned by a previous daemon");
             }
@@ -344,5 +345,22 @@ mod tests {
         assert!(r.ok && r.data["pid"] == 1);
         let r = guarded("gc", || bail!("the store is busy"));
         assert_eq!(r.error.as_deref(), Some("the store is busy"));
+    }
+
+    #[test]
+    fn the_lock_file_names_the_daemon_that_holds_it() {
+        let root = std::env::temp_dir().join(format!("pgbranch-lock-{}", std::process::id()));
+        std::fs::create_dir_all(&root).unwrap();
+        let layout = Layout { root: root.clone() };
+        // A longer stale pid from a dead daemon: replaced whole, no digits left over.
+        std::fs::write(layout.lock(), "1234567890\n").unwrap();
+        let held = take_lock(&layout).unwrap();
+        let me = std::process::id();
+        assert_eq!(std::fs::read_to_string(layout.lock()).unwrap(), format!("{me}\n"));
+        let e = format!("{:#}", take_lock(&layout).unwrap_err());
+        assert!(e.contains(&format!("another pgbranch daemon (pid {me})")), "{e}");
+        drop(held);
+        drop(take_lock(&layout).unwrap());
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -19,7 +19,7 @@ use pgbranch_replicator::pg::{self, Owner, PgBin, Server};
 use serde::{Deserialize, Serialize};
 
 use crate::api::{FollowerMode, RaisedSetting};
-use crate::procs::{children, is_postgres, is_running};
+use crate::procs::{children, is_postgres, is_postgres_of, is_running};
 
 /// What a branch's server needs to be started again the same way.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -147,11 +147,16 @@ pub(crate) struct Servers {
     live: Mutex<BTreeMap<String, Server>>,
 }
 
+/// The pid on the first line of a postgres lock file (`postmaster.pid`, a socket's
+/// `.lock`).
+fn lock_file_pid(lock: &Path) -> Option<i32> {
+    std::fs::read_to_string(lock).ok().and_then(|s| s.lines().next()?.trim().parse::<i32>().ok())
+}
+
 /// Removes a postmaster.pid whose postmaster is dead. Postgres itself treats a zombie
 /// postmaster as alive and would refuse to start.
 fn clear_dead_lock_file(lock: &Path) {
-    let pid = std::fs::read_to_string(lock).ok().and_then(|s| s.lines().next()?.trim().parse::<i32>().ok());
-    if let Some(pid) = pid {
+    if let Some(pid) = lock_file_pid(lock) {
         if !is_running(pid) {
             let _ = std::fs::remove_file(lock);
         }
@@ -222,6 +227,10 @@ impl Servers {
             return Ok(());
         }
         let spec = self.spec(name).with_context(|| format!("branch {name} has no server configured"))?;
+        if !spec.wanted {
+            // Wanted from the request on: a crash while it starts still brings it back.
+            self.want_running(name)?;
+        }
         clear_dead_lock_file(&data.join("postmaster.pid"));
         clear_dead_lock_file(&self.socket_dir(name).join(format!(".s.PGSQL.{}.lock", spec.port)));
         let bin = PgBin(spec.pg_bin.clone());
@@ -232,7 +241,6 @@ impl Servers {
             // server stops it.
             let s = st.servers.get_mut(name)?;
             s.pid = server.pid;
-            s.wanted = true;
             Some(())
         })?;
         if recorded.is_none() {
@@ -308,9 +316,13 @@ impl Servers {
 
     /// Sends SIGKILL to a server left by a daemon that died, and to its backends (they
     /// hold its shared memory, which would keep a new postmaster from starting).
-    pub(crate) fn signal_orphan(&self, name: &str) -> Vec<i32> {
-        let pid = self.read(|st| st.servers.get(name).and_then(|s| s.pid));
-        let Some(pid) = pid.filter(|p| is_postgres(*p)) else { return Vec::new() };
+    /// The postmaster is the recorded pid, or, when the daemon died before recording
+    /// it (while `pg_ctl start` waited), the one `data/postmaster.pid` names if its
+    /// command line runs on `data`.
+    pub(crate) fn signal_orphan(&self, name: &str, data: &Path) -> Vec<i32> {
+        let recorded = self.read(|st| st.servers.get(name).and_then(|s| s.pid)).filter(|p| is_postgres(*p));
+        let pid = recorded.or_else(|| lock_file_pid(&data.join("postmaster.pid")).filter(|p| is_postgres_of(*p, data)));
+        let Some(pid) = pid else { return Vec::new() };
         let mut all = children(pid);
         all.push(pid);
         for p in &all {
@@ -382,6 +394,7 @@ fn encode(s: &str) -> String {
         .collect()
 }
 
+/// A new server's spec, made to be started at once (so wanted from the start).
 pub(crate) fn new_spec(user: &str, dbname: &str, pg_bin: &PgBin, standby: bool) -> Result<ServerSpec> {
     Ok(ServerSpec {
         port: pg::free_port()?,
@@ -389,7 +402,7 @@ pub(crate) fn new_spec(user: &str, dbname: &str, pg_bin: &PgBin, standby: bool) 
         password: if standby { None } else { Some(pg::generate_password()) },
         dbname: dbname.to_string(),
         pg_bin: pg_bin.0.clone(),
-        wanted: false,
+        wanted: true,
         pid: None,
         standby,
     })
