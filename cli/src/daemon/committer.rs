@@ -99,12 +99,19 @@ impl Daemon {
                 if !backoff.due(&b.name, now) {
                     continue;
                 }
-                match self.repo.commit_branch(b) {
-                    Ok(_) => {
+                // A panic in one branch's commit (a bug) is that branch's failure, retried
+                // with backoff: it must not stop background commits for every branch.
+                let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.repo.commit_branch(b)));
+                match outcome {
+                    Ok(Ok(_)) => {
                         backoff.succeeded(&b.name);
                         committed = true;
                     }
-                    Err(e) => backoff.failed(&b.name, &e, now),
+                    Ok(Err(e)) => backoff.failed(&b.name, &e, now),
+                    Err(panic) => {
+                        let why = format!("the commit panicked: {}", super::panic_message(panic.as_ref()));
+                        backoff.failed(&b.name, &why, now);
+                    }
                 }
             }
             backoff.retain(|name| branches.iter().any(|b| b.name == name));

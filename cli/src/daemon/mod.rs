@@ -291,6 +291,15 @@ impl Daemon {
     }
 }
 
+/// The message a panic carried (a `&str` or a `String`), for the log and the client.
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "no message".into())
+}
+
 /// Runs one request's handler. A panic in it (a bug) neither kills the daemon nor
 /// leaves the client without an answer: it is caught here, after unwinding has dropped
 /// every guard the handler held, logged, and answered as an error naming the request.
@@ -299,11 +308,7 @@ fn guarded(op: &str, handler: impl FnOnce() -> Result<Value>) -> Response {
         Ok(Ok(data)) => Response::ok(data),
         Ok(Err(e)) => Response::err(format!("{e:#}")),
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "no message".into());
+            let what = panic_message(panic.as_ref());
             tracing::error!("request {op} panicked: {what}; the daemon keeps serving");
             Response::err(format!(
                 "the daemon failed on request {op}: it panicked ({what}); it keeps serving, but this is a bug in pgbranch: report it with the daemon's log"
