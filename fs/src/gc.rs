@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::block::Hash;
+use crate::format::pack::PACK_HEADER_LEN;
 use crate::pack::{Location, RECORD_HEADER};
 use crate::store::{ObjectStore, StoreError};
 
@@ -147,7 +148,9 @@ pub fn plan(store: &dyn GcStore, live: &HashSet<Hash>) -> Result<GcPlan, StoreEr
             store.pack_records(pack)?.into_iter().filter(|(h, loc)| live_at.get(h) == Some(loc)).collect();
         let live_bytes: u64 = live_records.iter().map(|(_, l)| l.len as u64 + RECORD_HEADER).sum();
         let dead = dead_by_pack.remove(&pack).unwrap_or_default();
-        if live_bytes * 100 >= size * KEEP_PACK_LIVE_PERCENT {
+        // The pack header is neither live nor dead; a pack with no live record goes.
+        let records_size = size.saturating_sub(PACK_HEADER_LEN);
+        if !live_records.is_empty() && live_bytes * 100 >= records_size * KEEP_PACK_LIVE_PERCENT {
             plan.drop_entries.extend(dead);
             continue;
         }
