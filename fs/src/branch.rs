@@ -1,6 +1,6 @@
 //! A branch: a live [`Tree`] guarded by one lock, plus its intent log.
 //!
-//! Every mutation is applied and appended to the log under the same write lock, so
+//! Every mutation is appended to the log and then applied under the same write lock, so
 //! the log replays in exactly the order the tree saw. Reads share the lock and fetch
 //! block bytes after releasing it. A snapshot is a branch without a log: read-only.
 
@@ -41,8 +41,17 @@ pub struct Branch {
     commit_lock: Mutex<()>,
     /// The last durable root.
     head: Mutex<Hash>,
-    /// Set when applying succeeded but logging failed: the branch refuses writes.
+    /// Set when the intent log may hold what the tree does not: the branch refuses writes.
     broken: Mutex<bool>,
+}
+
+/// The errno a writer sees for a failed log write: ENOSPC for a full disk or quota
+/// (EDQUOT), EIO for anything else.
+fn log_errno(e: &std::io::Error) -> Errno {
+    match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT) => Errno(libc::ENOSPC),
+        _ => Errno(libc::EIO),
+    }
 }
 
 /// What a commit produced, for the caller to persist as the new head.
@@ -97,7 +106,12 @@ impl Branch {
         f(&mut self.tree.write())
     }
 
-    /// Builds an op from the current tree, applies it and logs it, atomically.
+    /// Builds an op from the current tree, logs it and applies it, atomically: either
+    /// the op is in the log and applied, or neither. The op is logged first, so a full
+    /// disk (the append fails) is an error the writer sees — ENOSPC, or EIO for other
+    /// I/O errors — and changes nothing; if applying then fails, the record is taken
+    /// back. Only a failure that leaves the log in an unknown state (the cut back or the
+    /// take-back failed too) breaks the branch: it refuses writes until reopened.
     pub fn update<R>(&self, build: impl FnOnce(&Tree) -> FsResult<(Op, R)>) -> FsResult<R> {
         let Some(log) = &self.log else { return Err(Errno(libc::EROFS)) };
         if *self.broken.lock() {
@@ -105,21 +119,35 @@ impl Branch {
         }
         let mut tree = self.tree.write();
         let (op, out) = build(&tree)?;
-        tree.apply(&op)?;
-        if let Err(e) = log.append(&op) {
-            tracing::error!(branch = %self.name, "intent log append failed: {e}; branch is now read-only");
-            *self.broken.lock() = true;
-            return Err(Errno(libc::EIO));
+        let appended = match log.append(&op) {
+            Ok(a) => a,
+            Err(failed) => {
+                if failed.log_intact {
+                    tracing::debug!(branch = %self.name, "intent log append failed: {}; the write is refused", failed.error);
+                } else {
+                    tracing::error!(branch = %self.name, "intent log append failed ({}) and could not be cut back; branch is now read-only until the daemon restarts", failed.error);
+                    *self.broken.lock() = true;
+                }
+                return Err(log_errno(&failed.error));
+            }
+        };
+        if let Err(e) = tree.apply(&op) {
+            if let Err(re) = log.retract(appended) {
+                tracing::error!(branch = %self.name, "an op that failed to apply ({e:?}) could not be taken back from the intent log: {re}; branch is now read-only until the daemon restarts");
+                *self.broken.lock() = true;
+            }
+            return Err(e);
         }
         Ok(out)
     }
 
-    /// Makes every change made so far durable.
+    /// Makes every change made so far durable. A full disk answers ENOSPC, any other
+    /// failure EIO (postgres then PANICs and recovers, as it must after a failed fsync).
     pub fn sync(&self) -> FsResult<()> {
         match &self.log {
             Some(log) => log.sync().map_err(|e| {
                 tracing::error!(branch = %self.name, "intent log fdatasync failed: {e}");
-                Errno(libc::EIO)
+                log_errno(&e)
             }),
             None => Ok(()),
         }

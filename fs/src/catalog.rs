@@ -59,7 +59,7 @@ pub struct Catalog {
 
 impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
-        let db = redb::Builder::new().set_cache_size(4 << 20).create(path).map_err(cerr)?;
+        let db = crate::redb_file::open(path, 4 << 20).map_err(CatalogError)?;
         let txn = db.begin_write().map_err(cerr)?;
         txn.open_table(BRANCHES).map_err(cerr)?;
         txn.open_table(META).map_err(cerr)?;

@@ -59,6 +59,21 @@ pub struct IntentLog {
     synced: Mutex<u64>,
 }
 
+/// Where [`IntentLog::append`] put a record, for [`IntentLog::retract`].
+#[derive(Debug, Clone, Copy)]
+pub struct Appended {
+    seq: u64,
+    offset: u64,
+}
+
+/// A failed append: the OS error, and whether the log is still exactly as before it.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct AppendFailed {
+    pub error: io::Error,
+    pub log_intact: bool,
+}
+
 fn segment_path(dir: &Path, seq: u64) -> PathBuf {
     dir.join(format!("{seq:016}.log"))
 }
@@ -153,12 +168,40 @@ impl IntentLog {
     }
 
     /// Appends one op. Callers hold the branch lock, so log order is apply order.
-    pub fn append(&self, op: &Op) -> io::Result<()> {
+    ///
+    /// A failed write leaves the log as it was: the segment is cut back to its last
+    /// good record (a shrinking truncate needs no free space), so a torn record never
+    /// sits at the tail to be replayed or completed by a later write. Only if that cut
+    /// also fails is the log's state unknown ([`AppendFailed::log_intact`] false).
+    pub fn append(&self, op: &Op) -> Result<Appended, AppendFailed> {
         let mut seg = self.current.lock();
-        let record = wire::encode_record(seg.seq, op).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        seg.file.write_all_at(&record, seg.len)?;
+        let record = wire::encode_record(seg.seq, op)
+            .map_err(|e| AppendFailed { error: io::Error::new(io::ErrorKind::InvalidInput, e), log_intact: true })?;
+        if let Err(error) = seg.file.write_all_at(&record, seg.len) {
+            let log_intact = seg.file.set_len(seg.len).is_ok();
+            return Err(AppendFailed { error, log_intact });
+        }
+        let appended = Appended { seq: seg.seq, offset: seg.len };
         seg.len += record.len() as u64;
         *self.appended.lock() += record.len() as u64;
+        Ok(appended)
+    }
+
+    /// Takes back the record [`IntentLog::append`] just wrote (its op failed to apply):
+    /// the record's length is zeroed in place, which ends replay there, and the next
+    /// append overwrites it. Callers still hold the branch lock, so it is the last
+    /// record. An error means the record may still replay.
+    pub fn retract(&self, appended: Appended) -> io::Result<()> {
+        let mut seg = self.current.lock();
+        if seg.seq != appended.seq || appended.offset >= seg.len {
+            return Err(io::Error::other(format!(
+                "record at {}:{} is not the log's last (segment {} is {} bytes)",
+                appended.seq, appended.offset, seg.seq, seg.len
+            )));
+        }
+        // Overwrites bytes just written, so it needs no free space.
+        seg.file.write_all_at(&[0u8; 8], appended.offset)?;
+        seg.len = appended.offset;
         Ok(())
     }
 

@@ -3,7 +3,8 @@
 //! Layers, bottom up: [`block`] (hashing, compression), [`pack`] and [`store`] (where
 //! objects live), [`node`] (the Merkle tree formats), [`filemap`] and [`tree`] (a
 //! branch's live state), [`op`] and [`intent_log`] (durability between commits),
-//! [`branch`] and [`catalog`] (branches and their heads), [`repo`] (the whole store:
+//! [`branch`] and [`catalog`] (branches and their heads), [`redb_file`] (the file
+//! under the index and the catalog, durable when it grows), [`repo`] (the whole store:
 //! create, snapshot, GC, verify, usage), [`gc`] (GC's plan and its execution) and
 //! [`fuse`] (the kernel-facing filesystem).
 //! Nothing here knows about postgres.
@@ -20,6 +21,7 @@ pub mod intent_log;
 pub mod node;
 pub mod op;
 pub mod pack;
+pub mod redb_file;
 pub mod repo;
 pub mod store;
 pub mod tree;

@@ -90,7 +90,7 @@ impl LocalStore {
         let packs_dir = dir.join("packs");
         std::fs::create_dir_all(&packs_dir)?;
         // redb caches up to 1 GiB by default; the index is hot only in small part.
-        let index = redb::Builder::new().set_cache_size(INDEX_CACHE_BYTES).create(dir.join("index.redb")).map_err(StoreError::index)?;
+        let index = crate::redb_file::open(&dir.join("index.redb"), INDEX_CACHE_BYTES).map_err(StoreError::Index)?;
         {
             let txn = index.begin_write().map_err(StoreError::index)?;
             txn.open_table(OBJECTS).map_err(StoreError::index)?;

@@ -10,7 +10,7 @@
 //! `PGBRANCH_POWER_LOSS_SEED` the seed (printed either way).
 
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -78,6 +78,71 @@ fn workload(store: &TestStore, a: &Path, mut rng: Rng, stop: &AtomicBool, acks: 
     done
 }
 
+/// Where one cycle's crash came from, to name in the evidence.
+struct CrashPoint {
+    seed: u64,
+    cycle: u64,
+    crash_at: u64,
+    /// The seed [`pgbranch_integration::faultdisk::Journal::power_loss_image`] built the recovered disk with.
+    image_seed: u64,
+}
+
+/// Keeps what a failed cycle leaves: the daemon's log (its tail printed), the disk as
+/// the power loss left it (rebuilt from the journal, before fsck), the disk after fsck
+/// and the daemon's attempt, and the acknowledged writes. Returns the directory.
+fn keep_evidence(
+    at: &CrashPoint,
+    disk: &FaultDisk,
+    store_dir: &Path,
+    recovered: Option<TestStore>,
+    ext4: Option<LoopDisk>,
+    acked: &[Ack],
+) -> PathBuf {
+    let kept = std::env::temp_dir().join(format!("pgbranch-power-loss-evidence-{}-c{}-{}", at.seed, at.cycle, std::process::id()));
+    let _ = std::fs::remove_dir_all(&kept);
+    std::fs::create_dir_all(&kept).expect("creating the evidence directory");
+    match std::fs::read_to_string(store_dir.join("daemon.log")) {
+        Ok(log) => {
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!("--- daemon.log, last lines ---\n{}\n---", lines[lines.len().saturating_sub(80)..].join("\n"));
+            let _ = std::fs::write(kept.join("daemon.log"), &log);
+        }
+        Err(e) => eprintln!("no daemon.log to keep: {e}"),
+    }
+    let mut notes = format!(
+        "PGBRANCH_POWER_LOSS_SEED={} cycle {}: crash at disk write {}, power-loss image seed {}\n{} acknowledged writes (name, length, noise seed):\n",
+        at.seed,
+        at.cycle,
+        at.crash_at,
+        at.image_seed,
+        acked.len()
+    );
+    for (name, len, s) in acked {
+        notes += &format!("{name} {len} {s}\n");
+    }
+    let _ = std::fs::write(kept.join("cycle.txt"), notes);
+    // Stop the daemon without `stop` or TestStore's drop (which removes the store).
+    if let Some(store) = recovered {
+        if let Some(pid) = store.daemon_pid() {
+            // SAFETY: a pid of the daemon this test started on its own store.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            pgbranch_integration::wait_gone(pid, Duration::from_secs(30));
+        }
+        pgbranch_integration::detach_mounts_under(store_dir);
+        std::mem::forget(store);
+    }
+    drop(ext4);
+    let after = disk.dir.join("after.img");
+    let copied = Command::new("cp").arg("--sparse=always").arg(&after).arg(kept.join("after-recovery.img")).status();
+    if !copied.is_ok_and(|s| s.success()) {
+        eprintln!("could not copy {}", after.display());
+    }
+    if let Err(e) = disk.journal().power_loss_image(&kept.join("power-loss.img"), at.image_seed) {
+        eprintln!("could not rebuild the power-loss image: {e}");
+    }
+    kept
+}
+
 fn fsck(image: &Path) -> String {
     let out = Command::new("fsck.ext4").args(["-f", "-y"]).arg(image).output().expect("fsck.ext4");
     let code = out.status.code().unwrap_or(8);
@@ -92,6 +157,8 @@ fn power_loss_keeps_every_fsynced_write() {
     let seed =
         env_u64("PGBRANCH_POWER_LOSS_SEED", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64);
     println!("power_loss: seed {seed} (PGBRANCH_POWER_LOSS_SEED), {cycles} cycles");
+    // The daemons the verbs start inherit it: a panic in daemon.log comes with its backtrace.
+    std::env::set_var("RUST_BACKTRACE", "1");
     let mut rng = Rng(seed | 1);
     let root = std::env::temp_dir().join(format!("pgbranch-loop-{}-0-power", std::process::id()));
     pgbranch_integration::detach_mounts_under(&root);
@@ -148,33 +215,50 @@ fn power_loss_keeps_every_fsynced_write() {
         std::mem::forget(store); // its drop would run verbs on the dead disk
         pgbranch_integration::detach_mounts_under(&store_dir);
         let after = dir.join("after.img");
+        let image_seed = rng.next_u64();
         let (whole, torn, dropped) = {
             let j = disk.journal();
-            j.power_loss_image(&after, rng.next_u64()).expect("building the power-loss image")
+            j.power_loss_image(&after, image_seed).expect("building the power-loss image")
         };
         disk.detach();
         unsynced_total += whole + torn + dropped;
         torn_total += torn;
         dropped_total += dropped;
-        let fsck_said = fsck(&after);
-        let ext4 = LoopDisk::attach(&after, &disk.mountpoint());
-        let store = TestStore::at(&store_dir);
-        let verify = store.run(&["verify"]);
-        assert!(
-            verify.status.success(),
-            "cycle {cycle}: verify after power loss failed:\n{}{}",
-            String::from_utf8_lossy(&verify.stdout),
-            String::from_utf8_lossy(&verify.stderr)
-        );
-        let a = store.path("a");
-        for (name, len, s) in &acked {
-            let got = std::fs::read(a.join(name)).unwrap_or_else(|e| panic!("cycle {cycle}: acknowledged {name} lost: {e}"));
+        // The checks run under catch_unwind: a failure keeps the evidence first.
+        let mut ext4 = None;
+        let mut recovered = None;
+        let checked_here = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let fsck_said = fsck(&after);
+            ext4 = Some(LoopDisk::attach(&after, &disk.mountpoint()));
+            let store = recovered.insert(TestStore::at(&store_dir));
+            let verify = store.run(&["verify"]);
             assert!(
-                got.len() == *len && got == noise(*len, *s),
-                "cycle {cycle}: acknowledged {name} has other bytes ({} of {len})",
-                got.len()
+                verify.status.success(),
+                "cycle {cycle}: verify after power loss failed:\n{}{}",
+                String::from_utf8_lossy(&verify.stdout),
+                String::from_utf8_lossy(&verify.stderr)
             );
-        }
+            let a = store.path("a");
+            for (name, len, s) in &acked {
+                let got = std::fs::read(a.join(name)).unwrap_or_else(|e| panic!("cycle {cycle}: acknowledged {name} lost: {e}"));
+                assert!(
+                    got.len() == *len && got == noise(*len, *s),
+                    "cycle {cycle}: acknowledged {name} has other bytes ({} of {len})",
+                    got.len()
+                );
+            }
+            fsck_said
+        }));
+        let fsck_said = match checked_here {
+            Ok(said) => said,
+            Err(panic) => {
+                let at = CrashPoint { seed, cycle, crash_at, image_seed };
+                let kept = keep_evidence(&at, &disk, &store_dir, recovered.take(), ext4.take(), &acked);
+                eprintln!("power_loss: cycle {cycle} of seed {seed} failed; evidence kept in {}", kept.display());
+                std::panic::resume_unwind(panic);
+            }
+        };
+        let store = recovered.take().expect("the recovered store");
         checked += acked.len();
         println!(
             "cycle {cycle}: crash at disk write {crash_at}{} ({writes_seen} writes to the disk), {} acked writes there; unsynced disk writes {} (whole {whole}, torn {torn}, dropped {dropped}); fsck {fsck_said}; verbs {done:?}",
