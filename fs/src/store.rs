@@ -14,6 +14,9 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 
+pub mod mem;
+pub use mem::MemStore;
+
 use crate::block::{self, DecodeError, Hash};
 use crate::format::index::OBJECTS;
 use crate::format::FormatError;
