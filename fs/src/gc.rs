@@ -106,11 +106,6 @@ impl GcPlan {
     pub fn estimated_bytes_after(&self) -> u64 {
         (self.bytes_before + self.bytes_copied).saturating_sub(self.pack_bytes_freed)
     }
-
-    /// Whether the plan would remove this record (a copy in a pack it rewrites or deletes).
-    pub fn removes_pack(&self, pack: u32) -> bool {
-        self.packs.iter().any(|a| a.pack() == pack)
-    }
 }
 
 /// Decides what GC will do, given every object reachable from a head. Reads only; any

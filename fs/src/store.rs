@@ -143,15 +143,6 @@ impl LocalStore {
         Ok(buf)
     }
 
-    /// Where an object lives, for `verify` to name damaged packs.
-    pub fn location(&self, hash: &Hash) -> Result<Option<Location>, StoreError> {
-        self.locate(hash)
-    }
-
-    pub fn pack_dir(&self) -> &Path {
-        &self.dir
-    }
-
     fn index_pending(&self, entries: &[(Hash, Location)], removed: &[Hash]) -> Result<(), StoreError> {
         let txn = self.index.read().begin_write().map_err(StoreError::index)?;
         {
