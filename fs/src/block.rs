@@ -40,7 +40,7 @@ impl fmt::Display for Hash {
 use crate::format::tags::{CODEC_LZ4, CODEC_RAW};
 
 /// True when every byte is zero: such blocks are holes and never stored.
-pub fn is_zero(bytes: &[u8]) -> bool {
+pub(crate) fn is_zero(bytes: &[u8]) -> bool {
     let (prefix, words, suffix) = unsafe { bytes.align_to::<u64>() };
     prefix.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && suffix.iter().all(|&b| b == 0)
 }

@@ -196,7 +196,7 @@ impl Branch {
         Ok(root)
     }
 
-    pub fn trim_log(&self, log_seq: u64) -> Result<(), BranchError> {
+    pub(crate) fn trim_log(&self, log_seq: u64) -> Result<(), BranchError> {
         if let Some(log) = &self.log {
             log.trim_before(log_seq).map_err(|source| BranchError::Log { name: self.name.clone(), source })?;
         }

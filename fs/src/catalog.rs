@@ -53,7 +53,7 @@ fn decode(name: &str, bytes: &[u8]) -> Result<BranchRecord, CatalogError> {
     decode_record(bytes).map_err(|e| CatalogError(format!("the record of '{name}' in catalog.redb: {e}")))
 }
 
-pub struct Catalog {
+pub(crate) struct Catalog {
     db: Database,
 }
 

@@ -87,15 +87,6 @@ impl FileMap {
         self.dirty_blocks.len() as u64
     }
 
-    /// The current bytes of a block (zeros for a hole), verified if read from the store.
-    pub fn block_bytes(&self, store: &dyn ObjectStore, idx: u64) -> Result<Vec<u8>, StoreError> {
-        match self.slot(idx) {
-            Slot::Hole => Ok(vec![0u8; BLOCK_SIZE]),
-            Slot::Dirty(data) => Ok(data.as_ref().clone()),
-            Slot::Stored(h) => store.get(h),
-        }
-    }
-
     /// Reads, before anything changes, every stored block that a change of bytes
     /// [start, end) covers only in part (at most the first and the last), so that the
     /// change itself cannot fail half way.

@@ -21,6 +21,7 @@
 use std::collections::{HashMap, HashSet};
 
 use crate::block::Hash;
+use crate::format::pack::PACK_HEADER_LEN;
 use crate::pack::{Location, RECORD_HEADER};
 use crate::store::{ObjectStore, StoreError};
 
@@ -105,11 +106,6 @@ impl GcPlan {
     pub fn estimated_bytes_after(&self) -> u64 {
         (self.bytes_before + self.bytes_copied).saturating_sub(self.pack_bytes_freed)
     }
-
-    /// Whether the plan would remove this record (a copy in a pack it rewrites or deletes).
-    pub fn removes_pack(&self, pack: u32) -> bool {
-        self.packs.iter().any(|a| a.pack() == pack)
-    }
 }
 
 /// Decides what GC will do, given every object reachable from a head. Reads only; any
@@ -147,7 +143,9 @@ pub fn plan(store: &dyn GcStore, live: &HashSet<Hash>) -> Result<GcPlan, StoreEr
             store.pack_records(pack)?.into_iter().filter(|(h, loc)| live_at.get(h) == Some(loc)).collect();
         let live_bytes: u64 = live_records.iter().map(|(_, l)| l.len as u64 + RECORD_HEADER).sum();
         let dead = dead_by_pack.remove(&pack).unwrap_or_default();
-        if live_bytes * 100 >= size * KEEP_PACK_LIVE_PERCENT {
+        // The pack header is neither live nor dead; a pack with no live record goes.
+        let records_size = size.saturating_sub(PACK_HEADER_LEN);
+        if !live_records.is_empty() && live_bytes * 100 >= records_size * KEEP_PACK_LIVE_PERCENT {
             plan.drop_entries.extend(dead);
             continue;
         }

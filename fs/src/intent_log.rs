@@ -49,7 +49,7 @@ const MAX_SPARES: usize = 2;
 /// A new segment file before its header is durable (not a `.log` name: never replayed).
 const NEW_SEGMENT_TMP: &str = "new-segment.tmp";
 
-pub struct IntentLog {
+pub(crate) struct IntentLog {
     dir: PathBuf,
     spares: Mutex<Vec<PathBuf>>,
     current: Mutex<Segment>,
@@ -61,7 +61,7 @@ pub struct IntentLog {
 
 /// Where [`IntentLog::append`] put a record, for [`IntentLog::retract`].
 #[derive(Debug, Clone, Copy)]
-pub struct Appended {
+pub(crate) struct Appended {
     seq: u64,
     offset: u64,
 }
@@ -69,7 +69,7 @@ pub struct Appended {
 /// A failed append: the OS error, and whether the log is still exactly as before it.
 #[derive(Debug, thiserror::Error)]
 #[error("{error}")]
-pub struct AppendFailed {
+pub(crate) struct AppendFailed {
     pub error: io::Error,
     pub log_intact: bool,
 }
@@ -163,10 +163,6 @@ impl IntentLog {
         Ok(Segment { seq, file: Arc::new(file), len: SEGMENT_HEADER_LEN })
     }
 
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
     /// Appends one op. Callers hold the branch lock, so log order is apply order.
     ///
     /// A failed write leaves the log as it was: the segment is cut back to its last
@@ -191,7 +187,7 @@ impl IntentLog {
     /// the record's length is zeroed in place, which ends replay there, and the next
     /// append overwrites it. Callers still hold the branch lock, so it is the last
     /// record. An error means the record may still replay.
-    pub fn retract(&self, appended: Appended) -> io::Result<()> {
+    pub(crate) fn retract(&self, appended: Appended) -> io::Result<()> {
         let mut seg = self.current.lock();
         if seg.seq != appended.seq || appended.offset >= seg.len {
             return Err(io::Error::other(format!(
@@ -223,7 +219,7 @@ impl IntentLog {
 
     /// Starts a new segment (syncing the old one) and returns its number: every op
     /// appended before this call is in an older segment.
-    pub fn rotate(&self) -> io::Result<u64> {
+    pub(crate) fn rotate(&self) -> io::Result<u64> {
         let mut synced = self.synced.lock();
         let mut seg = self.current.lock();
         seg.file.sync_data()?;
@@ -235,7 +231,7 @@ impl IntentLog {
 
     /// Retires segments older than `seq` (their ops are in a durable commit): keeps a
     /// few as spares for reuse, deletes the rest.
-    pub fn trim_before(&self, seq: u64) -> io::Result<()> {
+    pub(crate) fn trim_before(&self, seq: u64) -> io::Result<()> {
         let mut spares = self.spares.lock();
         for s in list_segments(&self.dir)?.into_iter().filter(|&s| s < seq) {
             let free = (0..MAX_SPARES).map(|n| spare_path(&self.dir, n)).find(|p| !spares.contains(p));
@@ -250,11 +246,7 @@ impl IntentLog {
         Ok(())
     }
 
-    pub fn current_seq(&self) -> u64 {
-        self.current.lock().seq
-    }
-
-    pub fn bytes_since_commit(&self) -> u64 {
+    pub(crate) fn bytes_since_commit(&self) -> u64 {
         self.current.lock().len - SEGMENT_HEADER_LEN
     }
 }

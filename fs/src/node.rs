@@ -16,9 +16,9 @@ use crate::format::node::{decode_node, encode_node, NodeFormat};
 use crate::store::{ObjectStore, StoreError};
 
 /// Blocks per block-map leaf: 512 x 8 KiB = 4 MiB of file per leaf.
-pub const MAP_LEAF_BLOCKS: usize = 512;
+pub(crate) const MAP_LEAF_BLOCKS: usize = 512;
 /// Inode numbers per inode-table leaf.
-pub const INODE_LEAF_SPAN: u64 = 128;
+pub(crate) const INODE_LEAF_SPAN: u64 = 128;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -51,7 +51,7 @@ pub struct Attr {
 
 /// What an inode holds, as persisted (tags in `format::tags`).
 #[derive(Clone, Debug)]
-pub enum StoredContent {
+pub(crate) enum StoredContent {
     File {
         size: u64,
         map: Option<Hash>,
@@ -68,31 +68,31 @@ pub enum StoredContent {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct InodeRecord {
+pub(crate) struct InodeRecord {
     pub attr: Attr,
     pub content: StoredContent,
     pub xattrs: BTreeMap<Vec<u8>, Vec<u8>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct InodeLeaf {
+pub(crate) struct InodeLeaf {
     pub inodes: Vec<(u64, InodeRecord)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct TreeRoot {
+pub(crate) struct TreeRoot {
     pub format: u32,
     pub next_ino: u64,
     pub leaves: Vec<(u64, Hash)>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct MapRoot {
+pub(crate) struct MapRoot {
     pub leaves: Vec<Option<Hash>>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
-pub struct MapLeaf {
+pub(crate) struct MapLeaf {
     /// (block index within the leaf, block hash); absent indices are holes.
     pub blocks: Vec<(u16, Hash)>,
 }
@@ -106,7 +106,7 @@ pub enum NodeError {
 }
 
 /// Encodes a node (`format::node`) and puts it in the store, returning its hash.
-pub fn put_node<T: NodeFormat>(store: &dyn ObjectStore, node: &T) -> Result<Hash, StoreError> {
+pub(crate) fn put_node<T: NodeFormat>(store: &dyn ObjectStore, node: &T) -> Result<Hash, StoreError> {
     let bytes = encode_node(node)?;
     let hash = Hash::of(&bytes);
     store.put(&hash, &bytes)?;
@@ -114,7 +114,7 @@ pub fn put_node<T: NodeFormat>(store: &dyn ObjectStore, node: &T) -> Result<Hash
 }
 
 /// Reads a node and checks its kind tag, version and body.
-pub fn get_node<T: NodeFormat>(store: &dyn ObjectStore, hash: &Hash) -> Result<T, NodeError> {
+pub(crate) fn get_node<T: NodeFormat>(store: &dyn ObjectStore, hash: &Hash) -> Result<T, NodeError> {
     let bytes = store.get(hash)?;
     decode_node(&bytes).map_err(|e| NodeError::Malformed(*hash, e.to_string()))
 }

@@ -33,12 +33,12 @@ pub struct Location {
     pub len: u32,
 }
 
-pub fn pack_path(dir: &Path, pack: u32) -> PathBuf {
+pub(crate) fn pack_path(dir: &Path, pack: u32) -> PathBuf {
     dir.join(format!("pack-{pack:08}.pk"))
 }
 
 /// Lists the pack numbers present in `dir`, ascending.
-pub fn list_packs(dir: &Path) -> io::Result<Vec<u32>> {
+pub(crate) fn list_packs(dir: &Path) -> io::Result<Vec<u32>> {
     let mut packs = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let name = entry?.file_name();
@@ -54,7 +54,7 @@ pub fn list_packs(dir: &Path) -> io::Result<Vec<u32>> {
 }
 
 /// The pack currently being appended to.
-pub struct ActivePack {
+pub(crate) struct ActivePack {
     pub number: u32,
     file: File,
     len: u64,
@@ -82,10 +82,6 @@ impl ActivePack {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len <= PACK_HEADER_LEN
-    }
-
     pub fn append(&mut self, hash: &Hash, payload: &[u8]) -> io::Result<Location> {
         let mut record = Vec::with_capacity(RECORD_HEADER as usize + payload.len());
         record.extend_from_slice(&wire::record_header(hash, payload.len() as u32));
@@ -99,15 +95,11 @@ impl ActivePack {
     pub fn sync(&self) -> io::Result<()> {
         self.file.sync_data()
     }
-
-    pub fn file(&self) -> &File {
-        &self.file
-    }
 }
 
 /// Checks the header of an open pack file. A file shorter than a header has no
 /// records (a crash right after creating it) and passes.
-pub fn check_header(file: &File, path: &Path) -> Result<(), PackError> {
+pub(crate) fn check_header(file: &File, path: &Path) -> Result<(), PackError> {
     let io = |source| PackError::Io { path: path.to_path_buf(), source };
     if file.metadata().map_err(io)?.len() < PACK_HEADER_LEN {
         return Ok(());
@@ -118,7 +110,7 @@ pub fn check_header(file: &File, path: &Path) -> Result<(), PackError> {
 }
 
 /// Opens a pack for reading and checks its header.
-pub fn open_for_read(dir: &Path, pack: u32) -> Result<File, PackError> {
+pub(crate) fn open_for_read(dir: &Path, pack: u32) -> Result<File, PackError> {
     let path = pack_path(dir, pack);
     let file = File::open(&path).map_err(|source| PackError::Io { path: path.clone(), source })?;
     check_header(&file, &path)?;

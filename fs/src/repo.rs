@@ -49,7 +49,7 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RepoErro
 }
 
 /// Branch names: what is safe as a directory name and in a URL.
-pub fn validate_name(name: &str) -> Result<(), RepoError> {
+pub(crate) fn validate_name(name: &str) -> Result<(), RepoError> {
     let bad = |why| Err(RepoError::InvalidName(name.to_string(), why));
     if name.is_empty() || name.len() > 63 {
         return bad("names are 1 to 63 characters long");

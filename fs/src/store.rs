@@ -14,6 +14,9 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 use redb::{Database, ReadableTable, ReadableTableMetadata};
 
+pub mod mem;
+pub use mem::MemStore;
+
 use crate::block::{self, DecodeError, Hash};
 use crate::format::index::OBJECTS;
 use crate::format::FormatError;
@@ -138,15 +141,6 @@ impl LocalStore {
         let mut buf = vec![0u8; loc.len as usize];
         file.read_exact_at(&mut buf, loc.offset)?;
         Ok(buf)
-    }
-
-    /// Where an object lives, for `verify` to name damaged packs.
-    pub fn location(&self, hash: &Hash) -> Result<Option<Location>, StoreError> {
-        self.locate(hash)
-    }
-
-    pub fn pack_dir(&self) -> &Path {
-        &self.dir
     }
 
     fn index_pending(&self, entries: &[(Hash, Location)], removed: &[Hash]) -> Result<(), StoreError> {

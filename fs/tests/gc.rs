@@ -15,14 +15,14 @@ use pgbranch_fs::catalog::Kind;
 use pgbranch_fs::gc::{self, GcStore, PackAction};
 use pgbranch_fs::pack::Location;
 use pgbranch_fs::repo::Repository;
-use pgbranch_fs::store::{LocalStore, ObjectStore, StoreError, SweepStats};
+use pgbranch_fs::store::{LocalStore, MemStore, ObjectStore, StoreError, SweepStats};
 use pgbranch_fs::walk;
 
 const BLOCK: usize = 8192;
 
-/// A [`LocalStore`] whose chosen calls fail with an I/O error.
-struct FaultyStore {
-    inner: LocalStore,
+/// A [`LocalStore`] (or the in-memory store) whose chosen calls fail with an I/O error.
+struct FaultyStore<S = LocalStore> {
+    inner: S,
     /// Fail the index scan after this many entries.
     index_fails_after: Option<usize>,
     /// Fail reading this pack's records.
@@ -33,8 +33,8 @@ struct FaultyStore {
     removed: AtomicUsize,
 }
 
-impl FaultyStore {
-    fn new(inner: LocalStore) -> FaultyStore {
+impl<S: GcStore> FaultyStore<S> {
+    fn new(inner: S) -> FaultyStore<S> {
         FaultyStore {
             inner,
             index_fails_after: None,
@@ -49,7 +49,7 @@ fn injected(what: &str) -> StoreError {
     StoreError::Io(std::io::Error::other(format!("injected fault: {what}")))
 }
 
-impl ObjectStore for FaultyStore {
+impl<S: GcStore> ObjectStore for FaultyStore<S> {
     fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
         self.inner.get(hash)
     }
@@ -77,7 +77,7 @@ impl ObjectStore for FaultyStore {
     }
 }
 
-impl GcStore for FaultyStore {
+impl<S: GcStore> GcStore for FaultyStore<S> {
     fn seal(&self) -> Result<u32, StoreError> {
         self.inner.seal()
     }
@@ -142,7 +142,7 @@ fn put(store: &dyn ObjectStore, data: &[u8]) -> Hash {
 
 /// Three sealed packs: 1 all dead, 2 mostly dead (rewritten), 3 almost all live (kept,
 /// its one dead entry dropped from the index). Returns (live, dead).
-fn populate(store: &LocalStore) -> (Vec<Hash>, Vec<Hash>) {
+fn populate<S: GcStore>(store: &S) -> (Vec<Hash>, Vec<Hash>) {
     let (mut live, mut dead) = (Vec::new(), Vec::new());
     for i in 0..4 {
         dead.push(put(store, &noise(100 + i, BLOCK)));
@@ -161,7 +161,7 @@ fn populate(store: &LocalStore) -> (Vec<Hash>, Vec<Hash>) {
     (live, dead)
 }
 
-fn pack_files(store: &LocalStore) -> Vec<u32> {
+fn pack_files<S: GcStore>(store: &S) -> Vec<u32> {
     store.pack_numbers().unwrap()
 }
 
@@ -204,7 +204,38 @@ fn pack_scan_error_while_planning_deletes_nothing() {
 #[test]
 fn a_plan_removes_exactly_the_dead_objects() {
     let dir = tempfile::tempdir().unwrap();
-    let store = FaultyStore::new(LocalStore::open(dir.path()).unwrap());
+    let live = plan_and_execute_remove_exactly_the_dead(FaultyStore::new(LocalStore::open(dir.path()).unwrap()));
+    // And after a reopen.
+    let store = LocalStore::open(dir.path()).unwrap();
+    for h in &live {
+        store.get(h).unwrap();
+    }
+    assert_eq!(store.object_count().unwrap(), live.len() as u64);
+}
+
+/// The same plan against the in-memory store (the same pack framing, no disk).
+#[test]
+fn a_plan_against_the_in_memory_store_removes_exactly_the_dead_objects() {
+    plan_and_execute_remove_exactly_the_dead(FaultyStore::new(MemStore::new()));
+}
+
+#[test]
+fn an_index_read_error_while_planning_in_memory_deletes_nothing() {
+    let mut store = FaultyStore::new(MemStore::new());
+    let (live, dead) = populate(&store.inner);
+    store.index_fails_after = Some(5);
+    let before = pack_files(&store.inner);
+    assert!(gc::plan(&store, &live.iter().copied().collect()).is_err());
+    assert_eq!(store.removed.load(Ordering::SeqCst), 0);
+    let after = pack_files(&store.inner);
+    assert!(before.iter().all(|p| after.contains(p)), "no pack removed: {before:?} -> {after:?}");
+    for h in live.iter().chain(&dead) {
+        store.get(h).unwrap();
+    }
+}
+
+/// Plans and executes GC over [`populate`]d packs; returns the live objects.
+fn plan_and_execute_remove_exactly_the_dead<S: GcStore>(store: FaultyStore<S>) -> Vec<Hash> {
     let (live, dead) = populate(&store.inner);
     let live_set: HashSet<Hash> = live.iter().copied().collect();
 
@@ -232,14 +263,7 @@ fn a_plan_removes_exactly_the_dead_objects() {
     }
     let remaining: HashSet<Hash> = store.all_objects().unwrap().into_iter().collect();
     assert_eq!(remaining, live_set);
-
-    // And after a reopen.
-    drop(store);
-    let store = LocalStore::open(dir.path()).unwrap();
-    for h in &live {
-        store.get(h).unwrap();
-    }
-    assert_eq!(store.object_count().unwrap(), live.len() as u64);
+    live
 }
 
 #[test]

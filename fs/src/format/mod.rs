@@ -16,12 +16,12 @@
 //! so reordering a variant cannot silently reinterpret old data.
 
 pub mod catalog;
-pub mod index;
+pub(crate) mod index;
 pub mod log;
-pub mod node;
-pub mod pack;
+pub(crate) mod node;
+pub(crate) mod pack;
 pub mod store_file;
-pub mod tags;
+pub(crate) mod tags;
 
 mod tagged;
 

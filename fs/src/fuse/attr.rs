@@ -8,7 +8,7 @@ use crate::block::BLOCK_SIZE;
 use crate::node::Time;
 use crate::tree::Inode;
 
-pub fn to_system_time(t: Time) -> SystemTime {
+pub(crate) fn to_system_time(t: Time) -> SystemTime {
     if t.secs >= 0 {
         UNIX_EPOCH + Duration::new(t.secs as u64, t.nanos)
     } else {
@@ -16,7 +16,7 @@ pub fn to_system_time(t: Time) -> SystemTime {
     }
 }
 
-pub fn from_system_time(t: SystemTime) -> Time {
+pub(crate) fn from_system_time(t: SystemTime) -> Time {
     match t.duration_since(UNIX_EPOCH) {
         Ok(d) => Time { secs: d.as_secs() as i64, nanos: d.subsec_nanos() },
         Err(e) => {
@@ -30,7 +30,7 @@ pub fn from_system_time(t: SystemTime) -> Time {
     }
 }
 
-pub fn from_time_or_now(t: TimeOrNow, now: Time) -> Time {
+pub(crate) fn from_time_or_now(t: TimeOrNow, now: Time) -> Time {
     match t {
         TimeOrNow::Now => now,
         TimeOrNow::SpecificTime(t) => from_system_time(t),
@@ -49,7 +49,7 @@ pub fn file_type(mode: u32) -> FileType {
     }
 }
 
-pub fn file_attr(ino: u64, inode: &Inode) -> FileAttr {
+pub(crate) fn file_attr(ino: u64, inode: &Inode) -> FileAttr {
     let a = &inode.attr;
     FileAttr {
         ino: INodeNo(ino),

@@ -30,7 +30,7 @@ use crate::node::Time;
 use crate::op::{NewKind, Op, SetAttr};
 use crate::tree::{BlockSource, Content, Errno, FsResult, Tree};
 
-pub use mount::{clear_stale, is_mounted, mount, Mounted};
+pub use mount::{clear_stale, mount, Mounted};
 
 /// How long the kernel may cache names and attributes. This mount is the only writer
 /// of its branch, so the cache can only go stale through our own replies.
@@ -38,7 +38,7 @@ const TTL: Duration = Duration::from_secs(1);
 
 type DirListing = Arc<Vec<(Vec<u8>, u64, u32)>>;
 
-pub struct BranchFs {
+pub(crate) struct BranchFs {
     branch: Arc<Branch>,
     signal: Arc<CommitSignal>,
     next_fh: AtomicU64,

@@ -87,7 +87,7 @@ fn umount(path: &Path, flags: i32) -> io::Result<()> {
 }
 
 /// True if `path` is a mount point according to /proc/self/mounts.
-pub fn is_mounted(path: &Path) -> bool {
+pub(crate) fn is_mounted(path: &Path) -> bool {
     let Ok(mounts) = std::fs::read_to_string("/proc/self/mounts") else { return false };
     let want = path.to_string_lossy();
     mounts.lines().any(|l| l.split(' ').nth(1).map(|p| p.replace("\\040", " ")).as_deref() == Some(&*want))

@@ -10,11 +10,11 @@ use crate::store::StoreError;
 
 /// A block a commit stored outside the lock: inode, block index, the bytes it stored
 /// and their hash (None for a block of zeros).
-pub type StoredBlock = (u64, u64, Arc<Vec<u8>>, Option<Hash>);
+pub(crate) type StoredBlock = (u64, u64, Arc<Vec<u8>>, Option<Hash>);
 
 impl Tree {
     /// The dirty blocks of every file, for a commit to store outside the lock.
-    pub fn dirty_block_list(&self) -> Vec<(u64, u64, Arc<Vec<u8>>)> {
+    pub(crate) fn dirty_block_list(&self) -> Vec<(u64, u64, Arc<Vec<u8>>)> {
         let mut out = Vec::new();
         for ino in &self.dirty_files {
             if let Some(Inode { content: Content::File { map: MapState::Loaded(m), .. }, .. }) = self.inodes.get(ino) {
@@ -25,7 +25,7 @@ impl Tree {
     }
 
     /// Records that blocks were stored while the lock was released.
-    pub fn settle_blocks(&mut self, stored: &[StoredBlock]) {
+    pub(crate) fn settle_blocks(&mut self, stored: &[StoredBlock]) {
         for (ino, idx, data, hash) in stored {
             if let Some(Inode { content: Content::File { map: MapState::Loaded(m), .. }, .. }) = self.inodes.get_mut(ino) {
                 let before = m.dirty_count();

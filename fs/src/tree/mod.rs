@@ -20,7 +20,7 @@ use crate::store::{ObjectStore, StoreError};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Errno(pub i32);
 
-pub type FsResult<T> = Result<T, Errno>;
+pub(crate) type FsResult<T> = Result<T, Errno>;
 
 impl From<StoreError> for Errno {
     fn from(e: StoreError) -> Errno {
@@ -204,16 +204,12 @@ impl Tree {
         }
     }
 
-    pub fn has_changes(&self) -> bool {
+    pub(crate) fn has_changes(&self) -> bool {
         !self.dirty_leaves.is_empty() || !self.dirty_files.is_empty()
     }
 
     pub fn inode(&self, ino: u64) -> FsResult<&Inode> {
         self.inodes.get(&ino).ok_or(err(libc::ENOENT))
-    }
-
-    pub fn inodes(&self) -> impl Iterator<Item = (&u64, &Inode)> {
-        self.inodes.iter()
     }
 
     pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<u64> {
@@ -235,7 +231,7 @@ impl Tree {
         *self.open_counts.entry(ino).or_default() += 1;
     }
 
-    pub fn is_open(&self, ino: u64) -> bool {
+    pub(crate) fn is_open(&self, ino: u64) -> bool {
         self.open_counts.contains_key(&ino)
     }
 
@@ -276,10 +272,6 @@ impl Tree {
             }
         }
         Ok(())
-    }
-
-    pub fn map_loaded(&self, ino: u64) -> bool {
-        !matches!(self.inodes.get(&ino).map(|i| &i.content), Some(Content::File { map: MapState::Unloaded(_), .. }))
     }
 
     /// Where each block of [offset, offset+len) comes from; needs the map loaded.

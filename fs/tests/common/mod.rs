@@ -1,5 +1,5 @@
-//! Helpers for the tests below FUSE: a tree over a real local store, ops built with
-//! fixed times, a reader of whole files, and a fault-injecting [`ObjectStore`].
+//! Helpers for the tests below FUSE: ops built with fixed times, a reader of whole
+//! files, and a fault-injecting [`ObjectStore`] over the in-memory store.
 
 #![allow(dead_code)]
 
@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 use pgbranch_fs::block::Hash;
 use pgbranch_fs::node::{Time, ROOT_INO};
 use pgbranch_fs::op::{NewKind, Op, SetAttr};
-use pgbranch_fs::store::{LocalStore, ObjectStore, StoreError, SweepStats};
+use pgbranch_fs::store::{MemStore, ObjectStore, StoreError, SweepStats};
 use pgbranch_fs::tree::{BlockSource, Tree};
 
 pub const BLOCK: usize = 8192;
@@ -18,16 +18,14 @@ pub const NOW: Time = Time { secs: 1_700_000_000, nanos: 0 };
 
 /// A store that fails `get` for chosen objects, as a disk with a bad sector would.
 pub struct FaultyStore {
-    inner: LocalStore,
+    inner: MemStore,
     failing: Mutex<HashSet<Hash>>,
-    _dir: tempfile::TempDir,
 }
 
 impl FaultyStore {
-    /// A fresh store in its own temporary directory, removed with the store.
+    /// A fresh, empty in-memory store.
     pub fn temp() -> Arc<FaultyStore> {
-        let dir = tempfile::tempdir().unwrap();
-        Arc::new(FaultyStore { inner: LocalStore::open(dir.path()).unwrap(), failing: Mutex::new(HashSet::new()), _dir: dir })
+        Arc::new(FaultyStore { inner: MemStore::new(), failing: Mutex::new(HashSet::new()) })
     }
 
     pub fn fail_get(&self, hash: Hash) {
