@@ -470,6 +470,8 @@ pub struct BranchUsage {
     pub logical_bytes: u64,
     pub unique_bytes: u64,
     pub shared_bytes: u64,
+    /// Dirty blocks not yet in a commit (counted when a commit before `du` failed).
+    pub uncommitted_bytes: u64,
 }
 
 /// The answer to `Du` (`repo::Usage`).
@@ -482,6 +484,9 @@ pub struct Usage {
     pub tree_node_bytes: u64,
     pub compression_ratio: f64,
     pub dedup_ratio: f64,
+    /// Why a branch could not be committed first (e.g. a full disk), if one could not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit_error: Option<String>,
 }
 
 /// The answer to `Gc` (`gc::GcReport`).

@@ -48,15 +48,21 @@ pub fn du(u: &Usage, json: bool) -> Result<()> {
     if json {
         return json_out(u);
     }
-    println!("{:<24} {:<9} {:>12} {:>12} {:>12}", "NAME", "KIND", "LOGICAL", "UNIQUE", "SHARED");
+    println!("{:<24} {:<9} {:>12} {:>12} {:>12} {:>12}", "NAME", "KIND", "LOGICAL", "UNIQUE", "SHARED", "UNCOMMITTED");
     for b in &u.branches {
         println!(
-            "{:<24} {:<9} {:>12} {:>12} {:>12}",
+            "{:<24} {:<9} {:>12} {:>12} {:>12} {:>12}",
             b.name,
             b.kind.as_str(),
             bytes(b.logical_bytes),
             bytes(b.unique_bytes),
             bytes(b.shared_bytes),
+            bytes(b.uncommitted_bytes),
+        );
+    }
+    if let Some(e) = &u.commit_error {
+        println!(
+            "\nnot everything could be committed ({e}): the figures count each branch's last commit; see `pgbranch status` for the disk"
         );
     }
     println!();

@@ -12,6 +12,10 @@
 //!    pack's dead entries, so the index never names a record in a removed pack;
 //! 3. the old pack file is removed.
 //!
+//! Wholly-dead packs go first (their entries dropped in one transaction, then the
+//! files), so a full disk gets space back before GC needs any; then the rewrites, the
+//! packs with most garbage first.
+//!
 //! Dead entries in packs that are kept are dropped at the end, then the packs directory
 //! is fsynced and the index compacted. The caller (`Repository::gc`) holds the GC lock
 //! from before marking until after execution, so no commit lands between plan and
@@ -87,7 +91,7 @@ pub struct GcPlan {
     pub live_missing: u64,
     /// The active pack at planning time; it and later packs are left alone.
     pub active_pack: u32,
-    /// Packs to rewrite or delete, ascending.
+    /// Packs to delete (largest first), then packs to rewrite (most garbage first).
     pub packs: Vec<PackAction>,
     /// Index entries of dead objects in packs that are kept.
     pub drop_entries: Vec<Hash>,
@@ -106,6 +110,19 @@ impl GcPlan {
     pub fn estimated_bytes_after(&self) -> u64 {
         (self.bytes_before + self.bytes_copied).saturating_sub(self.pack_bytes_freed)
     }
+}
+
+/// The error of a GC that stopped part way, saying what it had already freed (which
+/// stays freed: every finished step is complete in the index and on disk).
+fn stopped(e: StoreError, freed: u64, packs: u64) -> StoreError {
+    if packs == 0 {
+        return e;
+    }
+    let kind = if let StoreError::Io(io) = &e { io.kind() } else { std::io::ErrorKind::Other };
+    StoreError::Io(std::io::Error::new(
+        kind,
+        format!("gc freed {freed} bytes ({packs} packs) and then stopped: {e}; run `pgbranch gc` again once more space is free"),
+    ))
 }
 
 /// Decides what GC will do, given every object reachable from a head. Reads only; any
@@ -157,6 +174,15 @@ pub fn plan(store: &dyn GcStore, live: &HashSet<Hash>) -> Result<GcPlan, StoreEr
             PackAction::Rewrite { pack, size, live: live_records, dead }
         });
     }
+    // Wholly-dead packs first (they free space and need none), then the rewrites with
+    // the most garbage: each frees more than it copies.
+    let garbage = |a: &PackAction| match a {
+        PackAction::Delete { size, .. } => (0, u64::MAX - size),
+        PackAction::Rewrite { size, live, .. } => {
+            (1, u64::MAX - size.saturating_sub(live.iter().map(|(_, l)| l.len as u64 + RECORD_HEADER).sum()))
+        }
+    };
+    plan.packs.sort_by_key(|a| (garbage(a), a.pack()));
     // Dead entries naming packs that are gone (or not yet scanned) are dropped too.
     let mut rest: Vec<_> = dead_by_pack.into_iter().collect();
     rest.sort_unstable_by_key(|(p, _)| *p);
@@ -165,21 +191,39 @@ pub fn plan(store: &dyn GcStore, live: &HashSet<Hash>) -> Result<GcPlan, StoreEr
 }
 
 /// Carries out a plan made by [`plan`] on the same store, under the same GC lock.
+///
+/// Space is freed before any is needed: the wholly-dead packs go first (one index
+/// transaction, then their files), then the rewrites, most garbage first, each freeing
+/// more than it copies. If a step fails (a full disk: the copy gets ENOSPC), what was
+/// freed stays freed and the error says how much.
 pub fn execute(store: &dyn GcStore, plan: GcPlan) -> Result<GcReport, StoreError> {
     let mut report = GcReport { objects_removed: plan.objects_removed, bytes_before: plan.bytes_before, ..Default::default() };
-    for action in plan.packs {
-        match action {
-            PackAction::Rewrite { pack, live, dead, .. } => {
+    let (deletes, rewrites): (Vec<PackAction>, Vec<PackAction>) =
+        plan.packs.into_iter().partition(|a| matches!(a, PackAction::Delete { .. }));
+    let mut freed = 0u64;
+    let dead: Vec<Hash> =
+        deletes.iter().flat_map(|a| if let PackAction::Delete { dead, .. } = a { dead.clone() } else { Vec::new() }).collect();
+    if !deletes.is_empty() {
+        store.update_index(&[], &dead)?;
+    }
+    for action in &deletes {
+        if let PackAction::Delete { pack, size, .. } = action {
+            store.remove_pack(*pack).map_err(|e| stopped(e, freed, report.packs_rewritten))?;
+            freed += size;
+            report.packs_rewritten += 1;
+        }
+    }
+    for action in rewrites {
+        if let PackAction::Rewrite { pack, size, live, dead } = action {
+            let step = || -> Result<(), StoreError> {
                 let moved = store.copy_records(&live)?;
                 store.update_index(&moved, &dead)?;
-                store.remove_pack(pack)?;
-            }
-            PackAction::Delete { pack, dead, .. } => {
-                store.update_index(&[], &dead)?;
-                store.remove_pack(pack)?;
-            }
+                store.remove_pack(pack)
+            };
+            step().map_err(|e| stopped(e, freed, report.packs_rewritten))?;
+            freed = (freed + size).saturating_sub(live.iter().map(|(_, l)| l.len as u64 + RECORD_HEADER).sum());
+            report.packs_rewritten += 1;
         }
-        report.packs_rewritten += 1;
     }
     if !plan.drop_entries.is_empty() {
         store.update_index(&[], &plan.drop_entries)?;

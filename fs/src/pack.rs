@@ -58,24 +58,32 @@ pub(crate) struct ActivePack {
     pub number: u32,
     file: File,
     len: u64,
+    /// A failed append may have left part of a record past `len`, and the file is
+    /// opened for appending (pwrite then writes at its end, not at `len`): it must be
+    /// cut back to `len` before the next append.
+    torn: bool,
 }
 
 impl ActivePack {
-    /// Opens pack `number` for appending: a new pack gets its header; an existing one
-    /// must have a valid header.
+    /// Opens pack `number` for appending: a new pack gets its header with its first
+    /// record; an existing one must have a valid header.
     pub fn open(dir: &Path, number: u32) -> Result<ActivePack, PackError> {
         let path = pack_path(dir, number);
         let io = |source| PackError::Io { path: path.clone(), source };
         let file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&path).map_err(io)?;
         let mut len = file.metadata().map_err(io)?.len();
         if len < PACK_HEADER_LEN {
-            // New, or created by a crashed run before its header reached the disk.
-            file.write_all_at(&wire::pack_header(), 0).map_err(io)?;
-            len = PACK_HEADER_LEN;
+            // New, or created by a crashed run before its header reached the disk. The
+            // header is written with the first record, so opening a pack needs no free
+            // space (GC seals the active pack on a full disk).
+            if len > 0 {
+                file.set_len(0).map_err(io)?;
+            }
+            len = 0;
         } else {
             check_header(&file, &path)?;
         }
-        Ok(ActivePack { number, file, len })
+        Ok(ActivePack { number, file, len, torn: false })
     }
 
     pub fn len(&self) -> u64 {
@@ -83,11 +91,23 @@ impl ActivePack {
     }
 
     pub fn append(&mut self, hash: &Hash, payload: &[u8]) -> io::Result<Location> {
-        let mut record = Vec::with_capacity(RECORD_HEADER as usize + payload.len());
+        let mut record = Vec::with_capacity(PACK_HEADER_LEN as usize + RECORD_HEADER as usize + payload.len());
+        if self.len == 0 {
+            record.extend_from_slice(&wire::pack_header());
+        }
+        let start = self.len + (record.len() as u64);
         record.extend_from_slice(&wire::record_header(hash, payload.len() as u32));
         record.extend_from_slice(payload);
-        self.file.write_all_at(&record, self.len)?;
-        let loc = Location { pack: self.number, offset: self.len + RECORD_HEADER, len: payload.len() as u32 };
+        if self.torn {
+            self.file.set_len(self.len)?;
+            self.torn = false;
+        }
+        if let Err(e) = self.file.write_all_at(&record, self.len) {
+            // Shrinking needs no free space; if even that fails, retry before the next append.
+            self.torn = self.file.set_len(self.len).is_err();
+            return Err(e);
+        }
+        let loc = Location { pack: self.number, offset: start + RECORD_HEADER, len: payload.len() as u32 };
         self.len += record.len() as u64;
         Ok(loc)
     }

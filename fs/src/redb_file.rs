@@ -16,6 +16,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -32,13 +33,10 @@ impl DurableGrowFile {
     /// backend takes, so a second opener of the same file is refused.
     pub fn open(path: &Path) -> io::Result<DurableGrowFile> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        // The lock lives as long as the descriptor: closing it (drop) releases it.
-        if let Err(e) = file.try_lock() {
-            let kind = match &e {
-                std::fs::TryLockError::Error(e) => e.kind(),
-                std::fs::TryLockError::WouldBlock => io::ErrorKind::WouldBlock,
-            };
-            return Err(io::Error::new(kind, format!("{} is locked by another process: {e}", path.display())));
+        // SAFETY: flock on a file descriptor we own and keep open for the backend's life.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("{} is locked by another process: {e}", path.display())));
         }
         Ok(DurableGrowFile { file })
     }
@@ -71,6 +69,13 @@ impl StorageBackend for DurableGrowFile {
 
     fn write(&self, offset: u64, data: &[u8]) -> Result<(), io::Error> {
         self.file.write_all_at(data, offset)
+    }
+}
+
+impl Drop for DurableGrowFile {
+    fn drop(&mut self) {
+        // SAFETY: unlocking the descriptor we locked in `open`, still open here.
+        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
     }
 }
 

@@ -93,6 +93,9 @@ pub struct BranchUsage {
     pub unique_bytes: u64,
     /// Stored bytes this branch shares with at least one other.
     pub shared_bytes: u64,
+    /// Bytes written to the branch and not yet in a commit (its dirty blocks), which
+    /// the other figures do not count.
+    pub uncommitted_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -107,6 +110,9 @@ pub struct Usage {
     pub tree_node_bytes: u64,
     pub compression_ratio: f64,
     pub dedup_ratio: f64,
+    /// Why a branch could not be committed first (e.g. the disk is full): the figures
+    /// then count each branch's last commit, plus its `uncommitted_bytes`.
+    pub commit_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -329,9 +335,19 @@ impl Repository {
         Ok(gc::execute(self.store.as_ref(), plan)?)
     }
 
-    /// Per-branch logical, unique and shared bytes, and the store's ratios.
+    /// Per-branch logical, unique and shared bytes, and the store's ratios. Commits
+    /// every branch first; a branch that cannot be committed (a full disk) is counted
+    /// at its last commit plus its dirty blocks, and the error is reported, not raised,
+    /// so `du` works when it is needed most.
     pub fn usage(&self) -> Result<Usage, RepoError> {
-        self.commit_all()?;
+        let mut commit_error = None;
+        for b in self.branches() {
+            if let Err(e) = self.commit_branch(&b) {
+                tracing::warn!(branch = %b.name, "du counts the last commit of {}: {e}", b.name);
+                commit_error.get_or_insert_with(|| e.to_string());
+            }
+        }
+        let dirty: HashMap<String, u64> = self.branches().iter().map(|b| (b.name.clone(), b.dirty_blocks())).collect();
         let records = self.catalog.list()?;
         let mut per_branch: Vec<(BranchRecord, HashSet<Hash>, u64)> = Vec::new();
         let mut refs: HashMap<Hash, u32> = HashMap::new();
@@ -371,6 +387,7 @@ impl Repository {
                     logical_bytes: *logical,
                     unique_bytes: unique,
                     shared_bytes: shared,
+                    uncommitted_bytes: dirty.get(&rec.name).copied().unwrap_or(0) * BLOCK_SIZE as u64,
                 }
             })
             .collect();
@@ -390,6 +407,7 @@ impl Repository {
             tree_node_bytes,
             compression_ratio: ratio(distinct_bytes, stored_block_bytes),
             dedup_ratio: ratio(total_logical, distinct_bytes),
+            commit_error,
         })
     }
 

@@ -9,9 +9,9 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 
+use common::tinyfs::TinyFs;
 use common::*;
 use pgbranch_fs::branch::Branch;
 use pgbranch_fs::catalog::{BranchRecord, Kind};
@@ -20,33 +20,6 @@ use pgbranch_fs::node::{Time, ROOT_INO};
 use pgbranch_fs::op::{NewKind, Op};
 use pgbranch_fs::store::{LocalStore, ObjectStore};
 use pgbranch_fs::tree::Errno;
-
-/// A tmpfs of `size` bytes mounted on a fresh temporary directory; unmounted on drop.
-struct TinyFs {
-    dir: tempfile::TempDir,
-}
-
-impl TinyFs {
-    fn mount(size: u64) -> Option<TinyFs> {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir.path()).output().ok()?;
-        if !out.status.success() {
-            eprintln!("skipped: cannot mount a tmpfs (needs root): {}", String::from_utf8_lossy(&out.stderr).trim());
-            return None;
-        }
-        Some(TinyFs { dir })
-    }
-
-    fn path(&self) -> &Path {
-        self.dir.path()
-    }
-}
-
-impl Drop for TinyFs {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg("-l").arg(self.dir.path()).output();
-    }
-}
 
 fn open_branch(store: &Arc<LocalStore>, root: pgbranch_fs::block::Hash, log_dir: &Path) -> Branch {
     let record = BranchRecord { name: "a".into(), id: 1, kind: Kind::Branch, root, log_seq: 1, parent: None, created_unix: 0 };

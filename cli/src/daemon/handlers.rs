@@ -450,20 +450,30 @@ fn usage(u: pgbranch_fs::repo::Usage) -> Result<api::Usage> {
         tree_node_bytes,
         compression_ratio,
         dedup_ratio,
+        commit_error,
     } = u;
     let branches = branches
         .into_iter()
         .map(|b| {
-            let pgbranch_fs::repo::BranchUsage { name, kind, logical_bytes, unique_bytes, shared_bytes } = b;
+            let pgbranch_fs::repo::BranchUsage { name, kind, logical_bytes, unique_bytes, shared_bytes, uncommitted_bytes } = b;
             let kind = match kind {
                 "branch" => api::BranchKind::Branch,
                 "snapshot" => api::BranchKind::Snapshot,
                 other => bail!("branch {name} has an unknown kind {other:?} in the store's usage report"),
             };
-            Ok(api::BranchUsage { name, kind, logical_bytes, unique_bytes, shared_bytes })
+            Ok(api::BranchUsage { name, kind, logical_bytes, unique_bytes, shared_bytes, uncommitted_bytes })
         })
         .collect::<Result<_>>()?;
-    Ok(api::Usage { branches, physical_bytes, distinct_bytes, stored_block_bytes, tree_node_bytes, compression_ratio, dedup_ratio })
+    Ok(api::Usage {
+        branches,
+        physical_bytes,
+        distinct_bytes,
+        stored_block_bytes,
+        tree_node_bytes,
+        compression_ratio,
+        dedup_ratio,
+        commit_error,
+    })
 }
 
 fn gc_done(r: pgbranch_fs::gc::GcReport) -> api::GcDone {

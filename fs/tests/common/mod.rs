@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod tinyfs;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 
