@@ -148,6 +148,12 @@ pub fn plan(store: &dyn GcStore, live: &HashSet<Hash>) -> Result<GcPlan, StoreEr
         tracing::warn!("gc: {live_missing} live objects are not in the index (run `pgbranch verify`)");
     }
 
+    // How many live objects the index places in each pack: a scan must find them all.
+    let mut live_per_pack: HashMap<u32, usize> = HashMap::new();
+    for loc in live_at.values() {
+        *live_per_pack.entry(loc.pack).or_default() += 1;
+    }
+
     let mut plan =
         GcPlan { live_objects: live.len() as u64, live_missing, active_pack, bytes_before, objects_removed, ..Default::default() };
     for pack in store.pack_numbers()? {
@@ -158,6 +164,16 @@ pub fn plan(store: &dyn GcStore, live: &HashSet<Hash>) -> Result<GcPlan, StoreEr
         // A record is live only if it is the indexed copy of a live object.
         let live_records: Vec<(Hash, Location)> =
             store.pack_records(pack)?.into_iter().filter(|(h, loc)| live_at.get(h) == Some(loc)).collect();
+        let indexed = live_per_pack.get(&pack).copied().unwrap_or(0);
+        if live_records.len() != indexed {
+            // A damaged record header ended the scan early: rewriting or deleting this
+            // pack would lose the live records past it.
+            return Err(StoreError::Index(format!(
+                "pack {pack}: the index places {indexed} live objects in it but a scan of the pack finds {}; \
+                 gc aborted with nothing deleted (run `pgbranch verify`)",
+                live_records.len()
+            )));
+        }
         let live_bytes: u64 = live_records.iter().map(|(_, l)| l.len as u64 + RECORD_HEADER).sum();
         let dead = dead_by_pack.remove(&pack).unwrap_or_default();
         // The pack header is neither live nor dead; a pack with no live record goes.

@@ -201,6 +201,26 @@ fn pack_scan_error_while_planning_deletes_nothing() {
     }
 }
 
+/// A damaged record length ends a pack's scan early: the live record past it must not
+/// be taken for dead (the pack would be deleted with it).
+#[test]
+fn a_pack_whose_scan_misses_a_live_record_aborts_planning() {
+    use std::os::unix::fs::FileExt;
+    let dir = tempfile::tempdir().unwrap();
+    let store = FaultyStore::new(LocalStore::open(dir.path()).unwrap());
+    let (live, dead) = populate(&store.inner);
+    // Pack 2 starts (after its 16-byte header) with the live record; its length field
+    // is at 16 + 32.
+    let pack2 = dir.path().join("packs/pack-00000002.pk");
+    std::fs::OpenOptions::new().write(true).open(&pack2).unwrap().write_all_at(&u32::MAX.to_le_bytes(), 48).unwrap();
+    let err = gc::plan(&store, &live.iter().copied().collect()).expect_err("planning must stop");
+    assert!(err.to_string().contains("pack 2: the index places 1 live objects in it but a scan of the pack finds 0"), "{err}");
+    assert_eq!(store.removed.load(Ordering::SeqCst), 0);
+    for h in live.iter().chain(&dead) {
+        store.get(h).expect("nothing was deleted");
+    }
+}
+
 #[test]
 fn a_plan_removes_exactly_the_dead_objects() {
     let dir = tempfile::tempdir().unwrap();
