@@ -9,13 +9,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-use crate::api::{Request, Response};
+use crate::api::{Request, Response, Stopping};
 use crate::layout::Layout;
 
 /// How long to wait for a freshly started daemon: it replays intent logs first.
 const START_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long to wait for another daemon's socket after ours exited (it lost the lock race).
 const LOST_RACE_WAIT: Duration = Duration::from_secs(5);
+/// How long `pgbranch stop` waits for the daemon's process to end after it answered.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 
 pub fn try_connect(layout: &Layout) -> Option<UnixStream> {
     UnixStream::connect(layout.socket()).ok()
@@ -78,7 +80,34 @@ pub fn call(layout: &Layout, req: &Request) -> Result<serde_json::Value> {
 /// [`call`], with the answer read as the typed response `T` of that request: a
 /// mismatch is an error naming the expected answer, never a silent default.
 pub fn call_as<T: serde::de::DeserializeOwned>(layout: &Layout, req: &Request) -> Result<T> {
-    let data = call(layout, req)?;
+    typed(call(layout, req)?)
+}
+
+/// Asks the daemon serving `layout` to stop (it commits and unmounts everything
+/// first) and waits until its process is gone, so the store can be opened; its pid,
+/// or None when no daemon was running.
+pub fn stop_daemon(layout: &Layout) -> Result<Option<u32>> {
+    let Some(conn) = try_connect(layout) else { return Ok(None) };
+    let data = call_on(conn, &Request::Shutdown)?;
+    let stopping: Stopping = typed(data)?;
+    let pid = stopping.stopping as i32;
+    let t = Instant::now();
+    while crate::sys::kill(pid, 0).is_ok() && crate::procs::is_running(pid) {
+        if t.elapsed() > STOP_TIMEOUT {
+            bail!(
+                "the pgbranch daemon (pid {pid}) answered the stop but is still running after {}s; see {}",
+                STOP_TIMEOUT.as_secs(),
+                layout.log().display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(Some(stopping.stopping))
+}
+
+/// The daemon's answer read as the typed response `T`: a mismatch is an error naming
+/// the expected answer, never a silent default.
+fn typed<T: serde::de::DeserializeOwned>(data: serde_json::Value) -> Result<T> {
     serde_json::from_value(data).with_context(|| {
         format!(
             "the daemon's answer is not the {} this pgbranch expects (a daemon of another version? run `pgbranch stop`)",

@@ -36,8 +36,8 @@ fn start_source(layout: &Layout, bin: &PgBin, owner: &Owner, scale: u32, masked:
     let pwfile = layout.run_dir().join("demo-source.pw");
     std::fs::create_dir_all(layout.run_dir())?;
     std::fs::write(&pwfile, SOURCE_PASSWORD)?;
-    let c = std::ffi::CString::new(pwfile.as_os_str().as_encoded_bytes()).unwrap();
-    unsafe { libc::chown(c.as_ptr(), owner.uid, owner.gid) };
+    std::os::unix::fs::chown(&pwfile, Some(owner.uid), Some(owner.gid))
+        .with_context(|| format!("giving {} to the postgres user", pwfile.display()))?;
     let mut initdb = owner.command(bin.tool("initdb"));
     initdb.arg("-D").arg(&data).args(["-U", "postgres", "--auth-local=trust", "--auth-host=scram-sha-256", "--no-instructions"]);
     initdb.arg(format!("--pwfile={}", pwfile.display()));
@@ -84,10 +84,10 @@ fn customers_sql(scale: u32) -> String {
 fn stop_old_source(data: &Path) {
     let pid = std::fs::read_to_string(data.join("postmaster.pid")).ok().and_then(|s| s.lines().next()?.trim().parse::<i32>().ok());
     if let Some(pid) = pid {
-        if std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| String::from_utf8_lossy(&c).contains("postgres")) {
-            unsafe { libc::kill(pid, libc::SIGINT) };
+        if crate::procs::is_postgres(pid) {
+            let _ = crate::sys::kill(pid, libc::SIGINT);
             for _ in 0..200 {
-                if !Path::new(&format!("/proc/{pid}")).exists() {
+                if !crate::procs::is_running(pid) {
                     break;
                 }
                 std::thread::sleep(std::time::Duration::from_millis(50));

@@ -58,7 +58,7 @@ impl Layout {
     /// Where mounts and server sockets live: the store, unless the postgres user could
     /// not reach it there.
     pub fn runtime(&self) -> PathBuf {
-        if unsafe { libc::geteuid() } != 0 || others_can_reach(&self.root) {
+        if !crate::sys::is_root() || others_can_reach(&self.root) {
             return self.root.clone();
         }
         let id = blake3::hash(self.root.as_os_str().as_encoded_bytes()).to_hex();
@@ -87,24 +87,13 @@ impl Layout {
     /// hex, mode 0600). One key gives one output per input everywhere, so joins on
     /// masked values match and a re-sync gives the same data.
     pub fn mask_key(&self) -> Result<[u8; 32]> {
-        use std::io::{Read, Write};
-        use std::os::unix::fs::OpenOptionsExt;
+        use std::io::Read;
         let path = self.data().join("mask.key");
         if !path.exists() {
             let mut bytes = [0u8; 32];
             std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            let tmp = path.with_extension("tmp");
-            let mut f = std::fs::OpenOptions::new()
-                .create(true)
-                .write(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(&tmp)
-                .with_context(|| format!("creating {}", tmp.display()))?;
-            f.write_all(format!("{hex}\n").as_bytes())?;
-            f.sync_all()?;
-            std::fs::rename(&tmp, &path).with_context(|| format!("creating {}", path.display()))?;
+            crate::files::write_atomic(&path, format!("{hex}\n").as_bytes(), 0o600).context("creating the masking key")?;
         }
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let text = text.trim();
@@ -171,6 +160,6 @@ impl Layout {
 
 /// Whether an error means the filesystem (or the user's quota) is full, as opposed to
 /// not writable at all (EACCES, EROFS, ...).
-pub fn is_out_of_space(e: &std::io::Error) -> bool {
+pub(crate) fn is_out_of_space(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }

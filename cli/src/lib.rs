@@ -3,12 +3,15 @@
 
 pub mod api;
 pub mod client;
+mod clock;
 pub mod clone;
 pub mod daemon;
 pub mod demo;
+mod files;
 pub mod layout;
 pub mod output;
 pub mod pii;
-pub mod source_tls;
+mod procs;
+mod source_tls;
 pub mod sys;
 pub use pgbranch_replicator::pg;

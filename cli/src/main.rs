@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Parser, Subcommand};
 
-use pgbranch::api::{BranchUrl, Request};
+use pgbranch::api::{self, BranchUrl, Request};
 use pgbranch::layout::Layout;
 use pgbranch::{client, daemon, demo, output};
 
@@ -239,14 +239,12 @@ fn run(cli: Cli) -> Result<()> {
                 let from = if empty { None } else { Some(from.unwrap_or_else(|| daemon::MAIN.to_string())) };
                 let ttl_secs = ttl.as_deref().map(pgbranch::clone::parse_duration).transpose()?;
                 let req = Request::CreateBranch { name, from, start: !no_start, ttl_secs, protect };
-                let data = client::call(&layout, &req)?;
-                output::created(&data);
+                output::created(&client::call_as::<api::Created>(&layout, &req)?);
                 Ok(())
             }
-            BranchCmd::List { json } => output::list(&client::call(&layout, &Request::List)?, json),
+            BranchCmd::List { json } => output::list(&client::call_as::<Vec<api::BranchInfo>>(&layout, &Request::List)?, json),
             BranchCmd::Path { name } => {
-                let data = client::call(&layout, &Request::Path { name })?;
-                println!("{}", data["path"].as_str().unwrap_or_default());
+                println!("{}", client::call_as::<api::BranchPath>(&layout, &Request::Path { name })?.path.display());
                 Ok(())
             }
             BranchCmd::Url { name } => {
@@ -258,43 +256,42 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
             BranchCmd::Stop { name } => {
-                client::call(&layout, &Request::BranchStop { name: name.clone() })?;
-                println!("stopped postgres on {name}");
+                let stopped: api::ServerStopped = client::call_as(&layout, &Request::BranchStop { name })?;
+                println!("stopped postgres on {}", stopped.stopped);
                 Ok(())
             }
             BranchCmd::Reset { name } => {
-                let data = client::call(&layout, &Request::BranchReset { name: name.clone() })?;
-                println!("reset {name} to a fresh snapshot of {}", data["parent"].as_str().unwrap_or("its parent"));
-                if let Some(url) = data["url"].as_str() {
+                let reset: api::ResetDone = client::call_as(&layout, &Request::BranchReset { name })?;
+                println!("reset {} to a fresh snapshot of {}", reset.name, reset.parent);
+                if let Some(url) = reset.url {
                     println!("{url}");
                 }
                 Ok(())
             }
             BranchCmd::Protect { name } => {
-                client::call(&layout, &Request::Protect { name: name.clone(), protect: true })?;
-                println!("branch {name} is protected");
+                let p: api::Protected = client::call_as(&layout, &Request::Protect { name, protect: true })?;
+                println!("branch {} is protected", p.name);
                 Ok(())
             }
             BranchCmd::Unprotect { name } => {
-                client::call(&layout, &Request::Protect { name: name.clone(), protect: false })?;
-                println!("branch {name} is no longer protected");
+                let p: api::Protected = client::call_as(&layout, &Request::Protect { name, protect: false })?;
+                println!("branch {} is no longer protected", p.name);
                 Ok(())
             }
             BranchCmd::Delete { name } => {
-                client::call(&layout, &Request::Delete { name: name.clone(), snapshot: false })?;
-                println!("deleted branch {name}");
+                let d: api::Deleted = client::call_as(&layout, &Request::Delete { name, snapshot: false })?;
+                println!("deleted branch {}", d.deleted);
                 Ok(())
             }
         },
         Command::Snapshot(cmd) => match cmd {
             SnapshotCmd::Create { name, from } => {
-                let data = client::call(&layout, &Request::CreateSnapshot { name, from })?;
-                output::created(&data);
+                output::created(&client::call_as::<api::Created>(&layout, &Request::CreateSnapshot { name, from })?);
                 Ok(())
             }
             SnapshotCmd::Delete { name } => {
-                client::call(&layout, &Request::Delete { name: name.clone(), snapshot: true })?;
-                println!("deleted snapshot {name}");
+                let d: api::Deleted = client::call_as(&layout, &Request::Delete { name, snapshot: true })?;
+                println!("deleted snapshot {}", d.deleted);
                 Ok(())
             }
         },
@@ -326,31 +323,21 @@ fn run(cli: Cli) -> Result<()> {
                 Ok(())
             }
             CloneCmd::Stop { drop_slot } => {
-                let data = client::call(&layout, &Request::FollowStop { drop_slot })?;
-                println!("follower stopped{}", if data["slot_dropped"] == true { "; slot dropped on the source" } else { "" });
+                let stopped: api::FollowStopped = client::call_as(&layout, &Request::FollowStop { drop_slot })?;
+                println!("follower stopped{}", if stopped.slot_dropped { "; slot dropped on the source" } else { "" });
                 Ok(())
             }
         },
         Command::Pii(PiiCmd::Scan { source_url, write, sample, force }) => {
             pgbranch::pii::scan(&source_url, write.as_deref(), sample, force)
         }
-        Command::Du { json } => output::du(&client::call(&layout, &Request::Du)?, json),
-        Command::Gc { json } => output::gc(&client::call(&layout, &Request::Gc)?, json),
-        Command::Verify { json } => output::verify(&client::call(&layout, &Request::Verify)?, json),
-        Command::Status { json } => output::status(&client::call(&layout, &Request::Status)?, json),
+        Command::Du { json } => output::du(&client::call_as(&layout, &Request::Du)?, json),
+        Command::Gc { json } => output::gc(&client::call_as(&layout, &Request::Gc)?, json),
+        Command::Verify { json } => output::verify(&client::call_as(&layout, &Request::Verify)?, json),
+        Command::Status { json } => output::status(&client::call_as(&layout, &Request::Status)?, json),
         Command::Stop => {
-            match client::try_connect(&layout) {
-                Some(conn) => {
-                    let data = client::call_on(conn, &Request::Shutdown)?;
-                    // Return only once the daemon is gone, so the store can be opened.
-                    if let Some(pid) = data["stopping"].as_i64() {
-                        let t = std::time::Instant::now();
-                        while unsafe { libc::kill(pid as i32, 0) } == 0 && t.elapsed() < std::time::Duration::from_secs(10) {
-                            std::thread::sleep(std::time::Duration::from_millis(20));
-                        }
-                    }
-                    println!("daemon stopped");
-                }
+            match client::stop_daemon(&layout)? {
+                Some(_) => println!("daemon stopped"),
                 None => println!("no daemon is running for {}", layout.root.display()),
             }
             Ok(())

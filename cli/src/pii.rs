@@ -58,18 +58,11 @@ fn write_file(path: &Path, text: &str, force: bool) -> Result<()> {
         })?;
         return f.write_all(text.as_bytes()).with_context(|| format!("writing {}", path.display()));
     }
-    let name = path.file_name().with_context(|| format!("{} is not a file name", path.display()))?;
-    let tmp = path.with_file_name(format!(".{}.tmp-{}", name.to_string_lossy(), std::process::id()));
-    std::fs::write(&tmp, text).with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, path)
-        .inspect_err(|_| {
-            let _ = std::fs::remove_file(&tmp);
-        })
-        .with_context(|| format!("replacing {}", path.display()))
+    crate::files::write_atomic(path, text.as_bytes(), 0o666)
 }
 
 /// One line per column: table.column, type, guess (kind -> transformer), evidence.
-pub fn summary(report: &ScanReport) -> String {
+pub(crate) fn summary(report: &ScanReport) -> String {
     let mut rows = vec![["COLUMN".to_string(), "TYPE".into(), "GUESS".into(), "EVIDENCE".into()]];
     let (mut total, mut guessed, mut review) = (0, 0, 0);
     for t in &report.tables {
@@ -115,7 +108,7 @@ pub fn summary(report: &ScanReport) -> String {
 /// The source URL with its password hidden: `scheme://user:***@host/...`, and any
 /// `password=...` (query parameter or key=value connection string) as `password=***`.
 /// TLS parameters (file paths, which may hold an `@`) are kept as they are.
-pub fn redact(url: &str) -> String {
+pub(crate) fn redact(url: &str) -> String {
     let before_query = &url[..url.find('?').unwrap_or(url.len())];
     let mut out = match (url.find("://"), before_query.rfind('@')) {
         (Some(s), Some(at)) if at > s => match url[s + 3..at].split_once(':') {

@@ -44,21 +44,12 @@ fn chown(path: &Path, (uid, gid): (u32, u32)) -> Result<()> {
 
 /// Writes `bytes` to `path`, mode 0600, replacing what was there.
 fn write_private(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .create_new(true)
-        .write(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("creating {}", path.display()))?;
-    f.write_all(bytes).with_context(|| format!("writing {}", path.display()))
+    crate::files::write_atomic(path, bytes, 0o600)
 }
 
 /// Copies the source's TLS files into the store; returns the source URL naming the
 /// copies (the URL unchanged when it names no files).
-pub fn install(layout: &Layout, owner: &Owner, source: &Source) -> Result<String> {
+pub(crate) fn install(layout: &Layout, owner: &Owner, source: &Source) -> Result<String> {
     let files = files(source);
     let saved = layout.source_tls_saved();
     let _ = std::fs::remove_dir_all(&saved);
@@ -84,7 +75,7 @@ pub fn install(layout: &Layout, owner: &Owner, source: &Source) -> Result<String
 
 /// Lays the saved TLS files out for postgres' user, `owner` (uid, gid): again at each
 /// daemon start, e.g. after a reboot emptied /run; nothing when the source names none.
-pub fn publish(layout: &Layout, owner: (u32, u32)) -> Result<()> {
+pub(crate) fn publish(layout: &Layout, owner: (u32, u32)) -> Result<()> {
     let saved = layout.source_tls_saved();
     let Ok(entries) = std::fs::read_dir(&saved) else {
         return Ok(());

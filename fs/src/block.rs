@@ -37,9 +37,7 @@ impl fmt::Display for Hash {
     }
 }
 
-/// How an object's payload is encoded on disk (first byte of the stored payload).
-const CODEC_RAW: u8 = 0;
-const CODEC_LZ4: u8 = 1;
+use crate::format::tags::{CODEC_LZ4, CODEC_RAW};
 
 /// True when every byte is zero: such blocks are holes and never stored.
 pub fn is_zero(bytes: &[u8]) -> bool {

@@ -24,6 +24,8 @@ pub enum BranchError {
     Load { name: String, source: NodeError },
     #[error("intent log of {name}: {source}")]
     Log { name: String, source: std::io::Error },
+    #[error("cannot open branch {name}: {source}")]
+    Replay { name: String, source: intent_log::LogError },
     #[error("recording the new head of {name}: {message}")]
     Persist { name: String, message: String },
     #[error("commit of {name}: {source}")]
@@ -55,7 +57,7 @@ impl Branch {
         let name = record.name.clone();
         let mut tree = Tree::load(store, &record.root).map_err(|source| BranchError::Load { name: name.clone(), source })?;
         let log = if record.kind == Kind::Branch {
-            let ops = intent_log::read_ops(log_dir, record.log_seq).map_err(|source| BranchError::Log { name: name.clone(), source })?;
+            let ops = intent_log::read_ops(log_dir, record.log_seq).map_err(|source| BranchError::Replay { name: name.clone(), source })?;
             if !ops.is_empty() {
                 tracing::info!(branch = %name, ops = ops.len(), "replaying intent log");
             }

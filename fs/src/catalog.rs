@@ -1,19 +1,19 @@
 //! The catalog: the durable list of branches and snapshots and their head roots.
 //!
-//! One redb table maps a name to its [`BranchRecord`]. Updating a head is one redb
-//! transaction, so after a crash every head is either its old or its new root.
+//! One redb table maps a name to its [`BranchRecord`] (tables and record encoding in
+//! `format::catalog`). Updating a head is one redb transaction, so after a crash every
+//! head is either its old or its new root.
 
 use std::path::Path;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable};
 use serde::{Deserialize, Serialize};
 
 use crate::block::Hash;
+use crate::format::catalog::{decode_record, encode_record, BRANCHES, META, META_NEXT_ID};
 
-const BRANCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("branches");
-const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// Persisted in catalog records; tags in `format::tags`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Branch,
     Snapshot,
@@ -49,6 +49,10 @@ fn cerr(e: impl std::fmt::Display) -> CatalogError {
     CatalogError(e.to_string())
 }
 
+fn decode(name: &str, bytes: &[u8]) -> Result<BranchRecord, CatalogError> {
+    decode_record(bytes).map_err(|e| CatalogError(format!("the record of '{name}' in catalog.redb: {e}")))
+}
+
 pub struct Catalog {
     db: Database,
 }
@@ -68,8 +72,8 @@ impl Catalog {
         let table = txn.open_table(BRANCHES).map_err(cerr)?;
         let mut out = Vec::new();
         for item in table.iter().map_err(cerr)? {
-            let (_, v) = item.map_err(cerr)?;
-            out.push(postcard::from_bytes(v.value()).map_err(cerr)?);
+            let (k, v) = item.map_err(cerr)?;
+            out.push(decode(k.value(), v.value())?);
         }
         Ok(out)
     }
@@ -78,7 +82,7 @@ impl Catalog {
         let txn = self.db.begin_read().map_err(cerr)?;
         let table = txn.open_table(BRANCHES).map_err(cerr)?;
         let found = table.get(name).map_err(cerr)?;
-        found.map(|v| postcard::from_bytes(v.value()).map_err(cerr)).transpose()
+        found.map(|v| decode(name, v.value())).transpose()
     }
 
     /// Allocates an id for a new branch.
@@ -86,8 +90,8 @@ impl Catalog {
         let txn = self.db.begin_write().map_err(cerr)?;
         let id = {
             let mut meta = txn.open_table(META).map_err(cerr)?;
-            let id = meta.get("next_id").map_err(cerr)?.map_or(1, |v| v.value());
-            meta.insert("next_id", id + 1).map_err(cerr)?;
+            let id = meta.get(META_NEXT_ID).map_err(cerr)?.map_or(1, |v| v.value());
+            meta.insert(META_NEXT_ID, id + 1).map_err(cerr)?;
             id
         };
         txn.commit().map_err(cerr)?;
@@ -95,7 +99,7 @@ impl Catalog {
     }
 
     pub fn put(&self, rec: &BranchRecord) -> Result<(), CatalogError> {
-        let bytes = postcard::to_allocvec(rec).map_err(cerr)?;
+        let bytes = encode_record(rec).map_err(cerr)?;
         let txn = self.db.begin_write().map_err(cerr)?;
         txn.open_table(BRANCHES).map_err(cerr)?.insert(rec.name.as_str(), bytes.as_slice()).map_err(cerr)?;
         txn.commit().map_err(cerr)

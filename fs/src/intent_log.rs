@@ -1,9 +1,12 @@
 //! The intent log: every change to a branch since its last commit, durable on fsync.
 //!
-//! Records are appended to numbered segment files, one directory per branch. A record
-//! is `length (u32 LE) | crc32 (u32 LE) | op`, the crc covering the segment number and
-//! the op; replay stops at the first torn or damaged record, which can only be the tail
-//! of the segment being written at a crash. A commit starts a new segment; once the
+//! Records are appended to numbered segment files, one directory per branch; each
+//! segment starts with a header naming its number, and a record is `length | crc32 |
+//! op`, the crc covering the segment number and the op (layout in `format::log`).
+//! Replay ends a segment at the first torn record (short, or failing its crc), which
+//! can only be the tail of the segment being written at a crash; a record whose crc
+//! holds but which does not decode, or a bad header, is an error naming the file and
+//! offset, never a silent truncation. A commit starts a new segment; once the
 //! commit's root is durable, older segments are recycled as spares. Reusing a file
 //! means most appends overwrite already-allocated blocks, so fdatasync does not have
 //! to commit a file-size change to the journal each time (about 1.6x faster on ext4);
@@ -18,7 +21,21 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::format::log::{self as wire, SEGMENT_HEADER_LEN};
+use crate::format::FormatError;
 use crate::op::Op;
+
+/// Why the log could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("reading intent log {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error(
+        "intent log {path} is damaged at byte {offset}: {source}; the branch's changes logged from there on cannot be replayed \
+         (if a newer pgbranch wrote this log, upgrade pgbranch; otherwise keep a copy of the file and report it)"
+    )]
+    Damaged { path: PathBuf, offset: u64, source: FormatError },
+}
 
 struct Segment {
     seq: u64,
@@ -28,6 +45,9 @@ struct Segment {
 
 /// Old segments kept for reuse.
 const MAX_SPARES: usize = 2;
+
+/// A new segment file before its header is durable (not a `.log` name: never replayed).
+const NEW_SEGMENT_TMP: &str = "new-segment.tmp";
 
 pub struct IntentLog {
     dir: PathBuf,
@@ -62,35 +82,24 @@ pub fn list_segments(dir: &Path) -> io::Result<Vec<u64>> {
     Ok(out)
 }
 
-fn record_crc(seq: u64, body: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&seq.to_le_bytes());
-    h.update(body);
-    h.finalize()
-}
-
 fn spare_path(dir: &Path, n: usize) -> PathBuf {
     dir.join(format!("spare-{n}"))
 }
 
 /// Reads the ops of every segment numbered `from` or later, in order.
-pub fn read_ops(dir: &Path, from: u64) -> io::Result<Vec<Op>> {
+pub fn read_ops(dir: &Path, from: u64) -> Result<Vec<Op>, LogError> {
     let mut ops = Vec::new();
-    for seq in list_segments(dir)?.into_iter().filter(|&s| s >= from) {
-        let bytes = std::fs::read(segment_path(dir, seq))?;
-        let mut pos = 0usize;
-        while pos + 8 <= bytes.len() {
-            let len = u32::from_le_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
-            let crc = u32::from_le_bytes(bytes[pos + 4..pos + 8].try_into().unwrap());
-            let Some(body) = bytes.get(pos + 8..pos + 8 + len) else { break };
-            if len == 0 || record_crc(seq, body) != crc {
-                break;
-            }
-            match Op::decode(body) {
-                Some(op) => ops.push(op),
-                None => break,
-            }
-            pos += 8 + len;
+    let segments = list_segments(dir).map_err(|source| LogError::Io { path: dir.to_path_buf(), source })?;
+    for seq in segments.into_iter().filter(|&s| s >= from) {
+        let path = segment_path(dir, seq);
+        let bytes = std::fs::read(&path).map_err(|source| LogError::Io { path: path.clone(), source })?;
+        let damaged = |offset: usize, source| LogError::Damaged { path: path.clone(), offset: offset as u64, source };
+        let header = bytes.get(..SEGMENT_HEADER_LEN as usize).unwrap_or(&bytes);
+        wire::check_segment_header(header, seq).map_err(|e| damaged(0, e))?;
+        let mut pos = SEGMENT_HEADER_LEN as usize;
+        while let Some((op, len)) = wire::read_record(seq, &bytes[pos..]).map_err(|e| damaged(pos, e))? {
+            ops.push(op);
+            pos += len;
         }
     }
     Ok(ops)
@@ -116,14 +125,27 @@ impl IntentLog {
         })
     }
 
+    /// Makes segment `seq` from a spare (or a new file): its header is written and
+    /// synced *before* it gets its name, so every `NNN.log` starts with a valid header.
+    /// One fdatasync per segment, none per append.
     fn new_segment(dir: &Path, seq: u64, spare: Option<PathBuf>) -> io::Result<Segment> {
         let path = segment_path(dir, seq);
-        if let Some(spare) = spare {
-            std::fs::rename(spare, &path)?;
-        }
-        let file = OpenOptions::new().create(true).write(true).truncate(false).open(&path)?;
+        let (source, file) = match spare {
+            Some(spare) => {
+                let file = OpenOptions::new().write(true).open(&spare)?;
+                (spare, file)
+            }
+            None => {
+                let tmp = dir.join(NEW_SEGMENT_TMP);
+                let file = OpenOptions::new().create(true).write(true).truncate(true).open(&tmp)?;
+                (tmp, file)
+            }
+        };
+        file.write_all_at(&wire::segment_header(seq), 0)?;
+        file.sync_data()?;
+        std::fs::rename(source, &path)?;
         sync_dir(dir)?;
-        Ok(Segment { seq, file: Arc::new(file), len: 0 })
+        Ok(Segment { seq, file: Arc::new(file), len: SEGMENT_HEADER_LEN })
     }
 
     pub fn dir(&self) -> &Path {
@@ -132,12 +154,8 @@ impl IntentLog {
 
     /// Appends one op. Callers hold the branch lock, so log order is apply order.
     pub fn append(&self, op: &Op) -> io::Result<()> {
-        let body = op.encode();
         let mut seg = self.current.lock();
-        let mut record = Vec::with_capacity(8 + body.len());
-        record.extend_from_slice(&(body.len() as u32).to_le_bytes());
-        record.extend_from_slice(&record_crc(seg.seq, &body).to_le_bytes());
-        record.extend_from_slice(&body);
+        let record = wire::encode_record(seg.seq, op).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         seg.file.write_all_at(&record, seg.len)?;
         seg.len += record.len() as u64;
         *self.appended.lock() += record.len() as u64;
@@ -194,7 +212,7 @@ impl IntentLog {
     }
 
     pub fn bytes_since_commit(&self) -> u64 {
-        self.current.lock().len
+        self.current.lock().len - SEGMENT_HEADER_LEN
     }
 }
 
@@ -232,8 +250,8 @@ mod tests {
         let path = segment_path(dir.path(), seq3);
         let full = read_ops(dir.path(), seq3).unwrap().len();
         let f = OpenOptions::new().write(true).open(&path).unwrap();
-        let rec_len = 8 + write_op(0).encode().len() as u64;
-        f.write_all_at(&[0xff], 2 * rec_len - 1).unwrap();
+        let rec_len = wire::encode_record(seq3, &write_op(0)).unwrap().len() as u64;
+        f.write_all_at(&[0xff], SEGMENT_HEADER_LEN + 2 * rec_len - 1).unwrap();
         assert_eq!(full, 2);
         assert_eq!(offsets(&read_ops(dir.path(), seq3).unwrap()), vec![100]);
     }

@@ -13,6 +13,7 @@ pub mod branch;
 pub mod catalog;
 pub mod commit_signal;
 pub mod filemap;
+pub mod format;
 pub mod fuse;
 pub mod gc;
 pub mod intent_log;

@@ -9,9 +9,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{de::DeserializeOwned, Deserialize, Serialize};
+use serde::{Deserialize, Serialize};
 
 use crate::block::Hash;
+use crate::format::node::{decode_node, encode_node, NodeFormat};
 use crate::store::{ObjectStore, StoreError};
 
 /// Blocks per block-map leaf: 512 x 8 KiB = 4 MiB of file per leaf.
@@ -48,8 +49,8 @@ pub struct Attr {
     pub ctime: Time,
 }
 
-/// What an inode holds, as persisted.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// What an inode holds, as persisted (tags in `format::tags`).
+#[derive(Clone, Debug)]
 pub enum StoredContent {
     File {
         size: u64,
@@ -104,17 +105,16 @@ pub enum NodeError {
     Malformed(Hash, String),
 }
 
-/// Serializes a node and puts it in the store, returning its hash.
-pub fn put_node<T: Serialize>(store: &dyn ObjectStore, node: &T) -> Result<Hash, StoreError> {
-    let bytes = postcard::to_allocvec(node).expect("tree nodes always serialize");
+/// Encodes a node (`format::node`) and puts it in the store, returning its hash.
+pub fn put_node<T: NodeFormat>(store: &dyn ObjectStore, node: &T) -> Result<Hash, StoreError> {
+    let bytes = encode_node(node)?;
     let hash = Hash::of(&bytes);
     store.put(&hash, &bytes)?;
     Ok(hash)
 }
 
-pub fn get_node<T: DeserializeOwned>(store: &dyn ObjectStore, hash: &Hash) -> Result<T, NodeError> {
+/// Reads a node and checks its kind tag, version and body.
+pub fn get_node<T: NodeFormat>(store: &dyn ObjectStore, hash: &Hash) -> Result<T, NodeError> {
     let bytes = store.get(hash)?;
-    postcard::from_bytes(&bytes).map_err(|e| NodeError::Malformed(*hash, e.to_string()))
+    decode_node(&bytes).map_err(|e| NodeError::Malformed(*hash, e.to_string()))
 }
-
-pub const TREE_FORMAT: u32 = 1;

@@ -9,7 +9,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::node::Time;
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Persisted in Create ops; tags in `format::tags`, encoding in `format::log`.
+#[derive(Clone, Debug)]
 pub enum NewKind {
     File,
     Dir,
@@ -29,7 +30,8 @@ pub struct SetAttr {
     pub ctime: Option<Time>,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Persisted in the intent log; tags in `format::tags`, encoding in `format::log`.
+#[derive(Clone, Debug)]
 pub enum Op {
     Create { parent: u64, name: Vec<u8>, ino: u64, kind: NewKind, mode: u32, uid: u32, gid: u32, rdev: u32, now: Time },
     Link { ino: u64, parent: u64, name: Vec<u8>, now: Time },
@@ -40,66 +42,4 @@ pub enum Op {
     Fallocate { ino: u64, offset: u64, len: u64, mode: i32, now: Time },
     SetXattr { ino: u64, name: Vec<u8>, value: Vec<u8>, flags: i32, now: Time },
     RemoveXattr { ino: u64, name: Vec<u8>, now: Time },
-}
-
-const TAG_WRITE: u8 = 1;
-const TAG_OTHER: u8 = 2;
-
-impl Op {
-    /// Encodes the op for the intent log. Writes get a flat layout: they are most of the
-    /// log's volume and their payload should be copied, not serialized byte by byte.
-    pub fn encode(&self) -> Vec<u8> {
-        match self {
-            Op::Write { ino, offset, data, now } => {
-                let mut out = Vec::with_capacity(29 + data.len());
-                out.push(TAG_WRITE);
-                out.extend_from_slice(&ino.to_le_bytes());
-                out.extend_from_slice(&offset.to_le_bytes());
-                out.extend_from_slice(&now.secs.to_le_bytes());
-                out.extend_from_slice(&now.nanos.to_le_bytes());
-                out.extend_from_slice(data);
-                out
-            }
-            other => {
-                let mut out = vec![TAG_OTHER];
-                out.extend_from_slice(&postcard::to_allocvec(other).expect("ops always serialize"));
-                out
-            }
-        }
-    }
-
-    pub fn decode(bytes: &[u8]) -> Option<Op> {
-        match *bytes.first()? {
-            TAG_WRITE if bytes.len() >= 29 => {
-                let u64_at = |i: usize| u64::from_le_bytes(bytes[i..i + 8].try_into().unwrap());
-                Some(Op::Write {
-                    ino: u64_at(1),
-                    offset: u64_at(9),
-                    now: Time { secs: u64_at(17) as i64, nanos: u32::from_le_bytes(bytes[25..29].try_into().unwrap()) },
-                    data: bytes[29..].to_vec(),
-                })
-            }
-            TAG_OTHER => postcard::from_bytes(&bytes[1..]).ok(),
-            _ => None,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ops_roundtrip() {
-        let now = Time { secs: 1_700_000_000, nanos: 5 };
-        let w = Op::Write { ino: 7, offset: 8192, data: vec![1, 2, 3], now };
-        match Op::decode(&w.encode()).unwrap() {
-            Op::Write { ino, offset, data, now: t } => {
-                assert_eq!((ino, offset, data, t), (7, 8192, vec![1, 2, 3], now))
-            }
-            other => panic!("{other:?}"),
-        }
-        let r = Op::Rename { parent: 1, name: b"a".to_vec(), new_parent: 2, new_name: b"b".to_vec(), flags: 0, now };
-        assert!(matches!(Op::decode(&r.encode()), Some(Op::Rename { new_parent: 2, .. })));
-    }
 }

@@ -1,6 +1,7 @@
 //! Pack files: append-only files holding stored objects back to back.
 //!
-//! A record is `hash (32) | payload length (u32 LE) | payload`, so a pack can be scanned
+//! A pack starts with a header (magic, version) and holds records `hash (32) | payload
+//! length (u32 LE) | payload` (layout in `format::pack`), so a pack can be scanned
 //! without its index (for verify and for compaction). Packs are never modified in place:
 //! GC copies the live records of a mostly-dead pack into the active one and deletes it.
 
@@ -10,8 +11,19 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use crate::block::Hash;
+use crate::format::pack::{self as wire, PACK_HEADER_LEN};
+use crate::format::FormatError;
 
-pub const RECORD_HEADER: u64 = 36;
+pub use crate::format::pack::RECORD_HEADER;
+
+/// Why a pack could not be opened or scanned.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("pack {path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("pack {path} is damaged: {source}; run `pgbranch verify` to see which branches use it")]
+    Format { path: PathBuf, source: FormatError },
+}
 
 /// Where one object lives: pack number, offset of its payload, payload length.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,9 +61,20 @@ pub struct ActivePack {
 }
 
 impl ActivePack {
-    pub fn open(dir: &Path, number: u32) -> io::Result<ActivePack> {
-        let file = OpenOptions::new().create(true).read(true).append(true).open(pack_path(dir, number))?;
-        let len = file.metadata()?.len();
+    /// Opens pack `number` for appending: a new pack gets its header; an existing one
+    /// must have a valid header.
+    pub fn open(dir: &Path, number: u32) -> Result<ActivePack, PackError> {
+        let path = pack_path(dir, number);
+        let io = |source| PackError::Io { path: path.clone(), source };
+        let file = OpenOptions::new().create(true).read(true).write(true).truncate(false).open(&path).map_err(io)?;
+        let mut len = file.metadata().map_err(io)?.len();
+        if len < PACK_HEADER_LEN {
+            // New, or created by a crashed run before its header reached the disk.
+            file.write_all_at(&wire::pack_header(), 0).map_err(io)?;
+            len = PACK_HEADER_LEN;
+        } else {
+            check_header(&file, &path)?;
+        }
         Ok(ActivePack { number, file, len })
     }
 
@@ -60,13 +83,12 @@ impl ActivePack {
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len <= PACK_HEADER_LEN
     }
 
     pub fn append(&mut self, hash: &Hash, payload: &[u8]) -> io::Result<Location> {
         let mut record = Vec::with_capacity(RECORD_HEADER as usize + payload.len());
-        record.extend_from_slice(&hash.0);
-        record.extend_from_slice(&(payload.len() as u32).to_le_bytes());
+        record.extend_from_slice(&wire::record_header(hash, payload.len() as u32));
         record.extend_from_slice(payload);
         self.file.write_all_at(&record, self.len)?;
         let loc = Location { pack: self.number, offset: self.len + RECORD_HEADER, len: payload.len() as u32 };
@@ -83,22 +105,42 @@ impl ActivePack {
     }
 }
 
-/// Reads every record of a pack: (hash, location). Stops at a torn tail.
-pub fn scan(dir: &Path, pack: u32) -> io::Result<Vec<(Hash, Location)>> {
-    let file = File::open(pack_path(dir, pack))?;
-    let size = file.metadata()?.len();
+/// Checks the header of an open pack file. A file shorter than a header has no
+/// records (a crash right after creating it) and passes.
+pub fn check_header(file: &File, path: &Path) -> Result<(), PackError> {
+    let io = |source| PackError::Io { path: path.to_path_buf(), source };
+    if file.metadata().map_err(io)?.len() < PACK_HEADER_LEN {
+        return Ok(());
+    }
+    let mut header = [0u8; PACK_HEADER_LEN as usize];
+    file.read_exact_at(&mut header, 0).map_err(io)?;
+    wire::check_pack_header(&header).map_err(|source| PackError::Format { path: path.to_path_buf(), source })
+}
+
+/// Opens a pack for reading and checks its header.
+pub fn open_for_read(dir: &Path, pack: u32) -> Result<File, PackError> {
+    let path = pack_path(dir, pack);
+    let file = File::open(&path).map_err(|source| PackError::Io { path: path.clone(), source })?;
+    check_header(&file, &path)?;
+    Ok(file)
+}
+
+/// Reads every record of a pack: (hash, location). Checks the header; stops at a torn tail.
+pub fn scan(dir: &Path, pack: u32) -> Result<Vec<(Hash, Location)>, PackError> {
+    let path = pack_path(dir, pack);
+    let io = |source| PackError::Io { path: path.clone(), source };
+    let file = open_for_read(dir, pack)?;
+    let size = file.metadata().map_err(io)?.len();
     let mut out = Vec::new();
-    let mut pos = 0u64;
+    let mut pos = PACK_HEADER_LEN;
     let mut header = [0u8; RECORD_HEADER as usize];
     while pos + RECORD_HEADER <= size {
-        file.read_exact_at(&mut header, pos)?;
-        let mut h = [0u8; 32];
-        h.copy_from_slice(&header[..32]);
-        let len = u32::from_le_bytes(header[32..36].try_into().unwrap());
+        file.read_exact_at(&mut header, pos).map_err(io)?;
+        let (hash, len) = wire::parse_record_header(&header);
         if pos + RECORD_HEADER + len as u64 > size {
             break;
         }
-        out.push((Hash(h), Location { pack, offset: pos + RECORD_HEADER, len }));
+        out.push((hash, Location { pack, offset: pos + RECORD_HEADER, len }));
         pos += RECORD_HEADER + len as u64;
     }
     Ok(out)

@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::block::{Hash, BLOCK_SIZE};
 use crate::branch::{Branch, BranchError};
 use crate::catalog::{BranchRecord, Catalog, CatalogError, Kind};
+use crate::format::store_file::{self, StoreFormatError};
 use crate::gc::{self, GcPlan, GcReport};
 use crate::store::{LocalStore, ObjectStore, StoreError};
 use crate::tree::Tree;
@@ -38,6 +39,8 @@ pub enum RepoError {
     Store(#[from] StoreError),
     #[error("{context}: {source}")]
     Io { context: String, source: std::io::Error },
+    #[error(transparent)]
+    Format(#[from] StoreFormatError),
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RepoError {
@@ -122,7 +125,10 @@ pub struct VerifyReport {
 }
 
 impl Repository {
+    /// Opens (or creates) the store in `dir`: its format file first, then the index,
+    /// the catalog, and every branch (replaying its intent log).
     pub fn open(dir: &Path) -> Result<Repository, RepoError> {
+        store_file::check_or_create(dir)?;
         std::fs::create_dir_all(dir.join("logs")).map_err(io_err(format!("creating {}", dir.display())))?;
         let store = Arc::new(LocalStore::open(dir)?);
         let catalog = Catalog::open(&dir.join("catalog.redb"))?;

@@ -12,13 +12,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use redb::{Database, ReadableTable, ReadableTableMetadata, TableDefinition};
+use redb::{Database, ReadableTable, ReadableTableMetadata};
 
 use crate::block::{self, DecodeError, Hash};
+use crate::format::index::OBJECTS;
+use crate::format::FormatError;
 use crate::gc::{self, GcReport, GcStore};
-use crate::pack::{self, ActivePack, Location};
-
-const OBJECTS: TableDefinition<[u8; 32], (u32, u64, u32)> = TableDefinition::new("objects");
+use crate::pack::{self, ActivePack, Location, PackError};
 
 /// Memory redb may use to cache index pages.
 const INDEX_CACHE_BYTES: usize = 32 << 20;
@@ -36,6 +36,10 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store index error: {0}")]
     Index(String),
+    #[error(transparent)]
+    Pack(#[from] PackError),
+    #[error("encoding an object: {0}")]
+    Format(#[from] FormatError),
 }
 
 impl StoreError {
@@ -124,7 +128,7 @@ impl LocalStore {
         if let Some(f) = self.readers.read().get(&pack) {
             return Ok(f.clone());
         }
-        let f = Arc::new(File::open(pack::pack_path(&self.dir, pack))?);
+        let f = Arc::new(pack::open_for_read(&self.dir, pack)?);
         self.readers.write().insert(pack, f.clone());
         Ok(f)
     }

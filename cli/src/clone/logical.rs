@@ -19,7 +19,7 @@ use pgbranch_replicator::pg::{Owner, PgBin};
 use pgbranch_replicator::source::Source;
 use pgbranch_replicator::transform::TransformConfig;
 
-use crate::api::{BranchUrl, Created, LogicalFollow, MainServer, Request};
+use crate::api::{BranchUrl, Created, FollowerMode, LogicalFollow, MainServer, Reloaded, Request, SourceUrl, Status};
 use crate::client;
 use crate::daemon::MAIN;
 use crate::layout::Layout;
@@ -35,7 +35,7 @@ pub struct Options {
 }
 
 /// Reads and parses a transform config file (errors name the file and line).
-pub fn read_config(path: &Path) -> Result<(String, String, TransformConfig)> {
+pub(crate) fn read_config(path: &Path) -> Result<(String, String, TransformConfig)> {
     let name = path.display().to_string();
     let text = std::fs::read_to_string(path).with_context(|| format!("reading the transform config {name}"))?;
     let config = TransformConfig::parse(&name, &text)?;
@@ -45,7 +45,7 @@ pub fn read_config(path: &Path) -> Result<(String, String, TransformConfig)> {
 /// Checks `config` against the source's schema: unknown tables and columns, unique
 /// columns, and (strict) uncovered columns are errors; relaxed mode warns loudly.
 /// Tables that cannot be followed (no replica identity) are errors too.
-pub fn check_against_source(config: &TransformConfig, schema: &SourceSchema, strict: bool) -> Result<()> {
+pub(crate) fn check_against_source(config: &TransformConfig, schema: &SourceSchema, strict: bool) -> Result<()> {
     let (columns, unique) = schema.validation_inputs();
     config.validate(&columns, &unique, strict)?;
     let no_identity: Vec<String> =
@@ -310,16 +310,16 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
 /// hands it to the daemon, which restarts the stream with it.
 pub fn reload(layout: &Layout, config_path: &Path) -> Result<()> {
     let (config_name, config_text, config) = read_config(config_path)?;
-    let status = client::call(layout, &Request::Status)?;
-    let f = &status["follower"];
-    if f["mode"].as_str() != Some("logical") {
+    let status: Status = client::call_as(layout, &Request::Status)?;
+    let Some(f) = status.follower.filter(|f| f.mode == FollowerMode::Logical) else {
         bail!("no masked follower is configured (see `pgbranch clone stream --config`)");
-    }
-    let url = client::call(layout, &Request::FollowSourceUrl)?;
-    let source = Source::parse(url["source_url"].as_str().unwrap_or_default())?;
+    };
+    let strict = f.strict.context("the daemon's status of the masked follower does not say whether it is strict")?;
+    let url: SourceUrl = client::call_as(layout, &Request::FollowSourceUrl)?;
+    let source = Source::parse(&url.source_url)?;
     let mut src = source.connect()?;
     let schema = SourceSchema::read(&mut src).context("reading the source's tables")?;
-    check_against_source(&config, &schema, f["strict"].as_bool().unwrap_or(true))?;
-    client::call(layout, &Request::FollowReload { config_name, config_text })?;
+    check_against_source(&config, &schema, strict)?;
+    let _: Reloaded = client::call_as(layout, &Request::FollowReload { config_name, config_text })?;
     Ok(())
 }

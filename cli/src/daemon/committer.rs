@@ -110,12 +110,8 @@ impl Daemon {
             backoff.retain(|name| branches.iter().any(|b| b.name == name));
             // Committed blocks were freed by many FUSE threads; hand the memory
             // back to the OS instead of leaving it in per-thread malloc arenas.
-            #[cfg(target_env = "gnu")]
             if committed {
-                // SAFETY: malloc_trim only releases free heap memory; no pointers change.
-                unsafe {
-                    libc::malloc_trim(0);
-                }
+                crate::sys::trim_malloc();
             }
         }
     }

@@ -12,20 +12,20 @@ use parking_lot::Mutex;
 use pgbranch_replicator::logical::stream::{self, StreamError, StreamSetup, StreamStatus};
 use pgbranch_replicator::source::Source;
 use pgbranch_replicator::transform::TransformConfig;
-use serde_json::{json, Value};
 
 use super::servers::FollowerConfig;
 use super::{Daemon, MAIN};
+use crate::api::{FollowerState, FollowerStatus};
 
 /// A running stream thread.
-pub struct LogicalRunner {
+pub(crate) struct LogicalRunner {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
-    pub status: Arc<Mutex<StreamStatus>>,
+    pub(crate) status: Arc<Mutex<StreamStatus>>,
 }
 
 impl LogicalRunner {
-    pub fn stop(mut self) {
+    pub(crate) fn stop(mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
@@ -54,7 +54,7 @@ impl Daemon {
         };
         let stop = Arc::new(AtomicBool::new(false));
         let status = Arc::new(Mutex::new(StreamStatus::default()));
-        status.lock().state = "starting".into();
+        status.lock().state = FollowerState::Starting.as_str().into();
         let (s, st) = (stop.clone(), status.clone());
         let thread = std::thread::Builder::new().name("follower".into()).spawn(move || run(&setup, &st, &s))?;
         if let Some(old) = self.logical.lock().replace(LogicalRunner { stop, thread: Some(thread), status }) {
@@ -71,30 +71,31 @@ impl Daemon {
     }
 
     /// The masked follower's part of `status`.
-    pub(super) fn logical_status(&self, f: &FollowerConfig, v: &mut Value) {
+    pub(super) fn logical_status(&self, f: &FollowerConfig, v: &mut FollowerStatus) {
         let Some(status) = self.logical.lock().as_ref().map(|r| r.status.lock().clone()) else {
             // Not started yet: the daemon brings main's server back first.
-            v["state"] = json!("starting");
+            v.state = FollowerState::Starting;
             return;
         };
-        v["state"] = json!(status.state);
-        v["applied_lsn"] = json!(status.applied_lsn.to_string());
-        v["replay_lsn"] = json!(status.applied_lsn.to_string());
-        v["rows_applied"] = json!(status.rows_applied);
-        v["transactions_applied"] = json!(status.transactions_applied);
-        v["rows_per_sec"] = json!(status.rows_per_sec());
-        if let Some(e) = &status.error {
-            v["stream_error"] = json!(e);
-        }
+        v.state = FollowerState::from_stream(&status.state).unwrap_or_else(|| {
+            tracing::warn!("the masked follower's stream reports an unknown state {:?}; shown as \"error\"", status.state);
+            FollowerState::Error
+        });
+        v.applied_lsn = Some(status.applied_lsn.to_string());
+        v.replay_lsn = Some(status.applied_lsn.to_string());
+        v.rows_applied = Some(status.rows_applied);
+        v.transactions_applied = Some(status.transactions_applied);
+        v.rows_per_sec = Some(status.rows_per_sec());
+        v.stream_error = status.error.clone();
         if let Ok(source) = Source::parse(&f.source_url) {
             match source.current_lsn() {
                 Ok((text, pos)) => {
                     let lag = pos.saturating_sub(status.confirmed_lsn.0);
-                    v["source_lsn"] = json!(text);
-                    v["lag_bytes"] = json!(lag);
-                    v["lag_seconds"] = json!(if lag == 0 { 0.0 } else { status.apply_delay_secs });
+                    v.source_lsn = Some(text);
+                    v.lag_bytes = Some(lag);
+                    v.lag_seconds = Some(if lag == 0 { 0.0 } else { status.apply_delay_secs });
                 }
-                Err(e) => v["error"] = json!(e.to_string()),
+                Err(e) => v.error = Some(e.to_string()),
             }
         }
     }
@@ -114,7 +115,7 @@ fn run(setup: &StreamSetup, status: &Mutex<StreamStatus>, stop: &AtomicBool) {
             Err(StreamError::Fatal(e)) => {
                 tracing::error!("masked follower stopped: {e}");
                 let mut s = status.lock();
-                s.state = "error".into();
+                s.state = FollowerState::Error.as_str().into();
                 s.error = Some(e);
                 return;
             }
@@ -122,7 +123,7 @@ fn run(setup: &StreamSetup, status: &Mutex<StreamStatus>, stop: &AtomicBool) {
                 tracing::warn!("masked follower: {e}; retrying in {:.1}s", backoff.as_secs_f64());
                 {
                     let mut s = status.lock();
-                    s.state = "reconnecting".into();
+                    s.state = FollowerState::Reconnecting.as_str().into();
                     s.error = Some(e);
                 }
                 let until = std::time::Instant::now() + backoff;
@@ -133,5 +134,5 @@ fn run(setup: &StreamSetup, status: &Mutex<StreamStatus>, stop: &AtomicBool) {
             }
         }
     }
-    status.lock().state = "stopped".into();
+    status.lock().state = FollowerState::Stopped.as_str().into();
 }

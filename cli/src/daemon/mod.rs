@@ -4,7 +4,7 @@
 mod committer;
 mod follower;
 mod handlers;
-pub mod servers;
+mod servers;
 mod space;
 mod standby;
 
@@ -12,7 +12,7 @@ pub use handlers::MAIN;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -23,9 +23,11 @@ use parking_lot::Mutex;
 use pgbranch_fs::commit_signal::CommitSignal;
 use pgbranch_fs::fuse::{self, Mounted};
 use pgbranch_fs::repo::Repository;
+use serde_json::Value;
 
-use crate::api::{Request, Response};
+use crate::api::{FollowerMode, Request, Response};
 use crate::layout::Layout;
+use crate::sys;
 
 /// Commit every few seconds even without pressure: bounds intent-log replay time.
 const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
@@ -33,14 +35,14 @@ const COMMIT_INTERVAL: Duration = Duration::from_secs(5);
 /// Low enough that uncommitted data stays a small part of the daemon's memory.
 const DIRTY_SOFT_LIMIT: u64 = 2048;
 
-pub struct Daemon {
-    pub layout: Layout,
-    pub repo: Arc<Repository>,
-    pub mounts: Mutex<BTreeMap<String, Mounted>>,
-    pub signal: Arc<CommitSignal>,
-    pub started: Instant,
-    pub owner: (u32, u32),
-    pub servers: servers::Servers,
+pub(crate) struct Daemon {
+    pub(crate) layout: Layout,
+    pub(crate) repo: Arc<Repository>,
+    pub(crate) mounts: Mutex<BTreeMap<String, Mounted>>,
+    pub(crate) signal: Arc<CommitSignal>,
+    pub(crate) started: Instant,
+    pub(crate) owner: (u32, u32),
+    pub(crate) servers: servers::Servers,
     /// The masked follower's stream thread, when one runs.
     logical: Mutex<Option<follower::LogicalRunner>>,
     stopping: AtomicBool,
@@ -50,38 +52,44 @@ pub struct Daemon {
 /// The uid/gid that will own new branch directories: the `postgres` user when the
 /// daemon runs as root (postgres refuses to run as root), else the daemon's own user.
 fn branch_owner() -> Result<(u32, u32)> {
-    let uid = unsafe { libc::geteuid() };
-    if uid != 0 {
-        return Ok((uid, unsafe { libc::getegid() }));
+    if !sys::is_root() {
+        return Ok(sys::effective_ids());
     }
-    let name = std::ffi::CString::new("postgres").unwrap();
-    let pw = unsafe { libc::getpwnam(name.as_ptr()) };
-    if pw.is_null() {
-        bail!("running as root, branches are owned by the 'postgres' OS user, but there is none; install postgresql or run pgbranch as a non-root user");
-    }
-    Ok(unsafe { ((*pw).pw_uid, (*pw).pw_gid) })
+    sys::user_ids("postgres").context(
+        "running as root, branches are owned by the 'postgres' OS user, but there is none; install postgresql or run pgbranch as a non-root user",
+    )
 }
 
+/// Takes the store's lock (one daemon per store) and writes this daemon's pid into the
+/// lock file through the locked descriptor: written over the old pid at offset 0, then
+/// cut to length, so a daemon refused at any moment reads a whole pid (old or new).
 fn take_lock(layout: &Layout) -> Result<std::fs::File> {
+    let path = layout.lock();
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .read(true)
         .write(true)
-        .open(layout.lock())
-        .with_context(|| format!("opening {}", layout.lock().display()))?;
-    use std::os::fd::AsRawFd;
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-        let pid = std::fs::read_to_string(layout.lock()).unwrap_or_default();
-        bail!("another pgbranch daemon (pid {}) is already serving store {}", pid.trim(), layout.root.display());
+        .open(&path)
+        .with_context(|| format!("opening the store's lock file {}", path.display()))?;
+    if !sys::try_lock_exclusive(&file).with_context(|| format!("locking {}", path.display()))? {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let holder = text.lines().next().map(str::trim).filter(|p| !p.is_empty()).unwrap_or("unknown");
+        bail!(
+            "another pgbranch daemon (pid {holder}) is already serving store {}; use it, or stop it with `pgbranch --store {} stop`",
+            layout.root.display(),
+            layout.root.display()
+        );
     }
-    file.set_len(0)?;
-    std::fs::write(layout.lock(), format!("{}\n", std::process::id()))?;
+    let pid = format!("{}\n", std::process::id());
+    file.write_all_at(pid.as_bytes(), 0)
+        .and_then(|()| file.set_len(pid.len() as u64))
+        .with_context(|| format!("writing this daemon's pid into {}", path.display()))?;
     Ok(file)
 }
 
 impl Daemon {
-    pub fn start(layout: Layout) -> Result<Arc<Daemon>> {
+    pub(crate) fn start(layout: Layout) -> Result<Arc<Daemon>> {
         layout.prepare()?;
         let lock = take_lock(&layout)?;
         let owner = branch_owner()?;
@@ -109,42 +117,54 @@ impl Daemon {
         Ok(daemon)
     }
 
-    /// Brings back the servers that were running when the last daemon stopped or died.
-    pub fn restore_servers(self: &Arc<Self>) {
+    /// Brings back the servers the user wants running (as the last daemon left them
+    /// recorded, whether it stopped or died).
+    pub(crate) fn restore_servers(self: &Arc<Self>) {
         let d = self.clone();
-        std::thread::spawn(move || {
+        let spawned = std::thread::Builder::new().name("restore-servers".into()).spawn(move || {
             d.restore_servers_now();
             // The masked follower's stream resumes once main's server is back.
-            let follower = d.servers.state.lock().follower.clone();
-            if let Some(f) = follower.filter(|f| f.mode == "logical" && !f.stopped) {
+            if let Some(f) = d.servers.follower().filter(|f| f.mode == FollowerMode::Logical && !f.stopped) {
                 if let Err(e) = d.start_logical(&f) {
-                    tracing::error!("could not resume the masked follower: {e:#}");
+                    tracing::error!(
+                        "could not resume the masked follower: {e:#}; run `pgbranch clone reload --config FILE` to start it again"
+                    );
                 }
             }
         });
+        if let Err(e) = spawned {
+            tracing::error!("cannot start the thread that restores branch servers: {e}; start them with `pgbranch branch start NAME`");
+        }
     }
 
     fn restore_servers_now(&self) {
-        let d = self;
-        {
-            let wanted: Vec<String> = d.servers.state.lock().servers.iter().filter(|(_, s)| s.running).map(|(n, _)| n.clone()).collect();
-            // Orphans first, all at once: each may take a moment to die.
-            let mut orphans = Vec::new();
-            for name in &wanted {
-                let pids = d.servers.signal_orphan(name);
-                if let Some(pid) = pids.last() {
-                    tracing::warn!("stopped postgres {pid} of branch {name}, orphaned by a previous daemon");
-                }
-                orphans.extend(pids);
+        let (wanted, recorded) = self.servers.wanted_and_recorded();
+        // Orphans first, all at once (each may take a moment to die): every server a
+        // dead daemon left running, wanted or not.
+        let mut orphans = Vec::new();
+        for name in &recorded {
+            let pids = self.servers.signal_orphan(name);
+            if let Some(pid) = pids.last() {
+                tracing::warn!("stopped postgres {pid} of branch {name}, orphaned by a previous daemon");
             }
-            servers::Servers::wait_dead(&orphans);
-            for name in wanted {
-                if d.repo.get(&name).is_err() {
-                    continue;
+            orphans.extend(pids);
+        }
+        servers::Servers::wait_dead(&orphans);
+        for name in &recorded {
+            if let Err(e) = self.servers.halt(name) {
+                tracing::warn!("{e:#}");
+            }
+        }
+        for name in wanted {
+            if self.repo.get(&name).is_err() {
+                // Deleted by a daemon that died before it forgot the server.
+                if let Err(e) = self.servers.forget(&name) {
+                    tracing::warn!("forgetting the server of deleted branch {name}: {e:#}");
                 }
-                if let Err(e) = d.servers.start(&name, &d.layout.mount_point(&name)) {
-                    tracing::error!("could not restart postgres on branch {name}: {e:#}");
-                }
+                continue;
+            }
+            if let Err(e) = self.servers.start(&name, &self.layout.mount_point(&name)) {
+                tracing::error!("could not restart postgres on branch {name}: {e:#}; see `pgbranch branch start {name}`");
             }
         }
     }
@@ -164,7 +184,7 @@ impl Daemon {
         Ok(())
     }
 
-    pub fn mount(&self, name: &str) -> Result<()> {
+    pub(crate) fn mount(&self, name: &str) -> Result<()> {
         let branch = self.repo.get(name)?;
         let path = self.layout.mount_point(name);
         fuse::clear_stale(&path).ok();
@@ -177,13 +197,11 @@ impl Daemon {
     }
 
     /// Unmounts a branch; refuses while anything uses it.
-    pub fn unmount(&self, name: &str) -> Result<()> {
+    pub(crate) fn unmount(&self, name: &str) -> Result<()> {
         let Some(m) = self.mounts.lock().remove(name) else { return Ok(()) };
         let path = m.path().to_path_buf();
-        // Try a plain unmount first: it fails with EBUSY while anything is inside.
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-            let err = std::io::Error::last_os_error();
+        // A plain unmount: it fails with EBUSY while anything is inside.
+        if let Err(err) = sys::unmount(&path, false) {
             self.mounts.lock().insert(name.to_string(), m);
             if err.raw_os_error() == Some(libc::EBUSY) {
                 bail!(
@@ -198,15 +216,12 @@ impl Daemon {
         Ok(())
     }
 
-    pub fn serve(self: &Arc<Self>) -> Result<()> {
+    pub(crate) fn serve(self: &Arc<Self>) -> Result<()> {
         let sock = self.layout.socket();
         if sock.exists() {
             std::fs::remove_file(&sock).with_context(|| format!("removing stale socket {}", sock.display()))?;
         }
-        let old = unsafe { libc::umask(0o077) };
-        let listener = UnixListener::bind(&sock).with_context(|| format!("binding {}", sock.display()));
-        unsafe { libc::umask(old) };
-        let listener = listener?;
+        let listener = sys::with_umask(0o077, || UnixListener::bind(&sock)).with_context(|| format!("binding {}", sock.display()))?;
         std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o600))?;
         tracing::info!("pgbranch daemon serving {} (pid {})", self.layout.root.display(), std::process::id());
         for conn in listener.incoming() {
@@ -215,11 +230,14 @@ impl Daemon {
             }
             let Ok(conn) = conn else { continue };
             let d = self.clone();
-            std::thread::spawn(move || {
+            let spawned = std::thread::Builder::new().name("request".into()).spawn(move || {
                 if let Err(e) = d.handle_conn(conn) {
                     tracing::warn!("control connection: {e}");
                 }
             });
+            if let Err(e) = spawned {
+                tracing::error!("cannot start a thread for a control connection: {e}; the client sees its connection closed");
+            }
         }
         Ok(())
     }
@@ -232,10 +250,7 @@ impl Daemon {
         let response = match serde_json::from_str::<Request>(&line) {
             Ok(req) => {
                 let shutdown = matches!(req, Request::Shutdown);
-                let r = match self.handle(req) {
-                    Ok(data) => Response::ok(data),
-                    Err(e) => Response::err(format!("{e:#}")),
-                };
+                let r = guarded(req.op(), || self.handle(req));
                 if shutdown {
                     // Answer only once everything is committed and unmounted.
                     self.shutdown();
@@ -253,7 +268,7 @@ impl Daemon {
     }
 
     /// Commits everything and unmounts (lazily, so a stuck client cannot hang us).
-    pub fn shutdown(&self) {
+    pub(crate) fn shutdown(&self) {
         self.stop_logical();
         // The committer keeps running while the servers stop: their shutdown
         // checkpoints can write more than the dirty limit, and writers past it wait
@@ -275,21 +290,30 @@ impl Daemon {
     }
 }
 
-/// Each FUSE worker thread allocates a 16 MiB request buffer. glibc's adaptive mmap
-/// threshold would serve later ones from recycled heap memory that calloc must zero,
-/// making all of it resident; a fixed threshold keeps them lazily-zeroed fresh maps,
-/// resident only as far as requests fill them. Fewer arenas also bound fragmentation.
-fn tune_malloc() {
-    #[cfg(target_env = "gnu")]
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
-        libc::mallopt(libc::M_ARENA_MAX, 4);
+/// Runs one request's handler. A panic in it (a bug) neither kills the daemon nor
+/// leaves the client without an answer: it is caught here, after unwinding has dropped
+/// every guard the handler held, logged, and answered as an error naming the request.
+fn guarded(op: &str, handler: impl FnOnce() -> Result<Value>) -> Response {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(handler)) {
+        Ok(Ok(data)) => Response::ok(data),
+        Ok(Err(e)) => Response::err(format!("{e:#}")),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "no message".into());
+            tracing::error!("request {op} panicked: {what}; the daemon keeps serving");
+            Response::err(format!(
+                "the daemon failed on request {op}: it panicked ({what}); it keeps serving, but this is a bug in pgbranch: report it with the daemon's log"
+            ))
+        }
     }
 }
 
 /// Runs the daemon in the foreground until SIGTERM/SIGINT or a shutdown request.
 pub fn run(layout: Layout) -> Result<()> {
-    tune_malloc();
+    sys::tune_malloc();
     let daemon = Daemon::start(layout)?;
     daemon.spawn_committer().context("spawning the committer")?;
     daemon.restore_servers();
@@ -304,4 +328,21 @@ pub fn run(layout: Layout) -> Result<()> {
         }
     });
     daemon.serve()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_handler_is_answered_with_an_error_naming_the_request() {
+        let r = guarded("branch_reset", || panic!("index out of bounds"));
+        assert!(!r.ok);
+        let e = r.error.unwrap_or_default();
+        assert!(e.contains("branch_reset") && e.contains("index out of bounds"), "{e}");
+        let r = guarded("status", || Ok(serde_json::json!({ "pid": 1 })));
+        assert!(r.ok && r.data["pid"] == 1);
+        let r = guarded("gc", || bail!("the store is busy"));
+        assert_eq!(r.error.as_deref(), Some("the store is busy"));
+    }
 }

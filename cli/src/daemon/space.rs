@@ -10,36 +10,12 @@ use std::path::Path;
 
 use pgbranch_fs::block::BLOCK_SIZE;
 use pgbranch_fs::catalog::BranchRecord;
-use serde::Serialize;
+
+use crate::api::{LogSpace, StoreSpace};
 
 /// Below this many free bytes the store counts as full: a branch at the writers' dirty
 /// limit (4 x the soft limit) could not be committed into a new pack.
 pub const FULL_MARGIN: u64 = super::DIRTY_SOFT_LIMIT * 4 * BLOCK_SIZE as u64;
-
-#[derive(Debug, Serialize)]
-pub struct StoreSpace {
-    /// Size of the filesystem holding the store's data.
-    pub fs_total_bytes: u64,
-    /// Free bytes on it, as an unprivileged user may use them.
-    pub fs_free_bytes: u64,
-    /// Free bytes below [`FULL_MARGIN`]: commits may fail.
-    pub full: bool,
-    pub full_margin_bytes: u64,
-    /// Bytes allocated on disk (not apparent sizes) to each part of the store.
-    pub packs_bytes: u64,
-    pub index_bytes: u64,
-    pub catalog_bytes: u64,
-    pub intent_logs: Vec<LogSpace>,
-    /// Everything else under `data/` (servers.json, keys, stale files).
-    pub other_bytes: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct LogSpace {
-    /// The branch owning the log, or `(none: id N)` for a log no branch names.
-    pub branch: String,
-    pub bytes: u64,
-}
 
 /// Bytes allocated to a file, or to everything below a directory.
 fn allocated(path: &Path) -> u64 {
@@ -51,22 +27,9 @@ fn allocated(path: &Path) -> u64 {
     entries.flatten().map(|e| allocated(&e.path())).sum()
 }
 
-/// statvfs of `path`: (total, available to unprivileged users) in bytes.
-fn statvfs(path: &Path) -> std::io::Result<(u64, u64)> {
-    let c =
-        std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
-    // SAFETY: all-zero is a valid statvfs (plain integers).
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs that outlives the call.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok((st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize))
-}
-
 /// Measures the store whose data directory is `data`, naming logs after `records`.
 pub fn measure(data: &Path, records: &[BranchRecord]) -> std::io::Result<StoreSpace> {
-    let (fs_total_bytes, fs_free_bytes) = statvfs(data)?;
+    let (fs_total_bytes, fs_free_bytes) = crate::sys::statvfs(data)?;
     let names: HashMap<String, &str> = records.iter().map(|r| (r.id.to_string(), r.name.as_str())).collect();
     let mut intent_logs: Vec<LogSpace> = std::fs::read_dir(data.join("logs"))
         .into_iter()

@@ -17,9 +17,9 @@ use anyhow::{Context, Result};
 use pgbranch_replicator::pgconf::{self, StandbyMinimums};
 use pgbranch_replicator::source::Source;
 
-use super::handlers::now_unix;
-use super::servers::RaisedSetting;
 use super::{Daemon, MAIN};
+use crate::api::{FollowerMode, RaisedSetting};
+use crate::clock::now_unix;
 
 const WATCH_INTERVAL: Duration = Duration::from_secs(1);
 /// How much of an existing log the first look reads (older messages were acted on).
@@ -64,9 +64,8 @@ impl Daemon {
     }
 
     fn watch_standby(&self, cursor: &mut LogCursor) -> Result<()> {
-        let follower = self.servers.state.lock().follower.clone();
-        let Some(f) = follower.filter(|f| f.mode == "physical" && !f.stopped) else { return Ok(()) };
-        if !self.servers.spec(MAIN).is_some_and(|s| s.running) || self.stopping.load(Ordering::Relaxed) {
+        let Some(f) = self.servers.follower().filter(|f| f.mode == FollowerMode::Physical && !f.stopped) else { return Ok(()) };
+        if !self.servers.spec(MAIN).is_some_and(|s| s.wanted) || self.stopping.load(Ordering::Relaxed) {
             return Ok(());
         }
         let data = self.layout.mount_point(MAIN);
@@ -94,18 +93,20 @@ impl Daemon {
                     raised.push(RaisedSetting { name: name.clone(), from, to: *to, at_unix: now_unix() });
                 }
             }
-            if let Some(f) = self.servers.state.lock().follower.as_mut() {
-                f.settings_raised.extend(raised);
-            }
-            self.servers.save()?;
+            self.servers.update(|st| {
+                if let Some(f) = st.follower.as_mut() {
+                    f.settings_raised.extend(raised);
+                }
+            })?;
             return self.servers.restart(MAIN, &data).context("restarting main's standby with the raised settings");
         }
         if self.servers.exited(MAIN) {
             tracing::warn!("main's standby exited by itself; starting it again (see {})", log.display());
-            if let Some(f) = self.servers.state.lock().follower.as_mut() {
-                f.standby_restarts += 1;
-            }
-            self.servers.save()?;
+            self.servers.update(|st| {
+                if let Some(f) = st.follower.as_mut() {
+                    f.standby_restarts += 1;
+                }
+            })?;
             self.servers.restart(MAIN, &data).context("restarting main's standby")?;
         }
         Ok(())

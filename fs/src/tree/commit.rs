@@ -69,7 +69,7 @@ impl Tree {
             self.dirty_leaves.remove(&leaf);
         }
         let root = TreeRoot {
-            format: node::TREE_FORMAT,
+            format: crate::format::node::TREE_FORMAT,
             next_ino: self.next_ino,
             leaves: self.leaf_hashes.iter().map(|(k, v)| (*k, *v)).collect(),
         };
