@@ -47,11 +47,22 @@ pub struct Faults {
     pub fsyncs: bool,
     /// Only requests touching these bytes of `disk.img` fail; `None`: all.
     pub range: Option<Range<u64>>,
+    /// With a range: only every other `stripe` bytes of it fail, from its start (a disk
+    /// with bad patches spread over a region); `None`: the whole range.
+    pub stripe: Option<u64>,
 }
 
 impl Faults {
     fn hits(&self, on: bool, off: u64, len: u64) -> bool {
-        on && self.range.as_ref().is_none_or(|r| off < r.end && off + len.max(1) > r.start)
+        let end = off + len.max(1);
+        let bad_stripe = |r: &Range<u64>, s: u64| {
+            let (first, last) = (off.max(r.start), end.min(r.end));
+            first < last && ((first - r.start) / s..=(last - 1 - r.start) / s).any(|k| k % 2 == 0)
+        };
+        on && self.range.as_ref().is_none_or(|r| match self.stripe {
+            Some(s) if s > 0 => bad_stripe(r, s),
+            _ => off < r.end && end > r.start,
+        })
     }
 }
 
@@ -462,10 +473,15 @@ mod tests {
     fn faults_fail_with_eio_and_change_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let mut j = journal(tmp.path(), &vec![0u8; 16 * SECTOR]);
-        j.faults = Faults { reads: true, writes: true, fsyncs: false, range: Some(4096..8192) };
+        j.faults = Faults { reads: true, writes: true, fsyncs: false, range: Some(4096..8192), stripe: None };
         assert_eq!(j.write(4096, &[9u8; 512]), Err(Errno::EIO));
         assert_eq!(j.read(4000, 200), Err(Errno::EIO));
         assert!(j.read(0, 512).is_ok(), "outside the range reads work");
+        j.faults = Faults { reads: true, range: Some(4096..8192), stripe: Some(1024), ..Faults::default() };
+        assert_eq!(j.read(4096 + 512, 512), Err(Errno::EIO), "the first stripe of the range fails");
+        assert!(j.read(4096 + 1024, 1024).is_ok(), "the second stripe reads");
+        assert_eq!(j.read(4096 + 1024, 1025), Err(Errno::EIO), "a read reaching into the third stripe fails");
+        j.faults = Faults { reads: true, writes: true, fsyncs: false, range: Some(4096..8192), ..Faults::default() };
         j.write(0, &[5u8; 512]).unwrap();
         j.faults = Faults { fsyncs: true, ..Faults::default() };
         assert_eq!(j.fsync(), Err(Errno::EIO));
