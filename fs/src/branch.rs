@@ -5,6 +5,7 @@
 //! block bytes after releasing it. A snapshot is a branch without a log: read-only.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
@@ -43,6 +44,12 @@ pub struct Branch {
     head: Mutex<Hash>,
     /// Set when the intent log may hold what the tree does not: the branch refuses writes.
     broken: Mutex<bool>,
+    /// Failed fdatasyncs of the log so far, and how many of them a commit has since made
+    /// moot. After a failed fdatasync Linux reports the error once and may drop the
+    /// unwritten pages, so a retry could "succeed" over a hole: every sync fails until a
+    /// commit has put the tree (which still holds those writes) into fsynced packs.
+    sync_failures: AtomicU64,
+    sync_failures_cleared: AtomicU64,
 }
 
 /// The errno a writer sees for a failed log write: ENOSPC for a full disk or quota
@@ -90,6 +97,8 @@ impl Branch {
             commit_lock: Mutex::new(()),
             head: Mutex::new(record.root),
             broken: Mutex::new(false),
+            sync_failures: AtomicU64::new(0),
+            sync_failures_cleared: AtomicU64::new(0),
         })
     }
 
@@ -143,14 +152,20 @@ impl Branch {
 
     /// Makes every change made so far durable. A full disk answers ENOSPC, any other
     /// failure EIO (postgres then PANICs and recovers, as it must after a failed fsync).
+    ///
+    /// A failed fdatasync keeps failing every later sync until a commit has made the
+    /// branch durable by other means (see `sync_failures`), never a retry that
+    /// "succeeds" over writes the kernel dropped.
     pub fn sync(&self) -> FsResult<()> {
-        match &self.log {
-            Some(log) => log.sync().map_err(|e| {
-                tracing::error!(branch = %self.name, "intent log fdatasync failed: {e}");
-                log_errno(&e)
-            }),
-            None => Ok(()),
+        let Some(log) = &self.log else { return Ok(()) };
+        if self.sync_failures.load(Ordering::SeqCst) > self.sync_failures_cleared.load(Ordering::SeqCst) {
+            return Err(Errno(libc::EIO));
         }
+        log.sync().map_err(|e| {
+            tracing::error!(branch = %self.name, "intent log fdatasync failed: {e}; syncs of this branch fail until its next commit succeeds");
+            self.sync_failures.fetch_add(1, Ordering::SeqCst);
+            log_errno(&e)
+        })
     }
 
     pub fn dirty_blocks(&self) -> u64 {
@@ -185,6 +200,8 @@ impl Branch {
         if !tree.has_changes() && log.bytes_since_commit() == 0 {
             return Ok(self.head());
         }
+        // Failed syncs up to here concern records this commit covers.
+        let failures_covered = self.sync_failures.load(Ordering::SeqCst);
         let log_seq = log.rotate().map_err(|source| BranchError::Log { name: self.name.clone(), source })?;
         let root = tree.commit().map_err(err)?;
         drop(tree);
@@ -192,6 +209,7 @@ impl Branch {
         let committed = Committed { root, log_seq };
         persist(&committed).map_err(|e| BranchError::Persist { name: self.name.clone(), message: e })?;
         *self.head.lock() = root;
+        self.sync_failures_cleared.fetch_max(failures_covered, Ordering::SeqCst);
         self.trim_log(log_seq)?;
         Ok(root)
     }
