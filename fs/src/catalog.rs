@@ -6,11 +6,12 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableTable};
+use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::block::Hash;
 use crate::format::catalog::{decode_record, encode_record, BRANCHES, META, META_NEXT_ID};
+use crate::redb_file::{Db, DbError};
 
 /// Persisted in catalog records; tags in `format::tags`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,8 +46,10 @@ pub struct BranchRecord {
 #[error("catalog error: {0}")]
 pub struct CatalogError(String);
 
-fn cerr(e: impl std::fmt::Display) -> CatalogError {
-    CatalogError(e.to_string())
+impl From<DbError> for CatalogError {
+    fn from(e: DbError) -> CatalogError {
+        CatalogError(e.to_string())
+    }
 }
 
 fn decode(name: &str, bytes: &[u8]) -> Result<BranchRecord, CatalogError> {
@@ -54,60 +57,74 @@ fn decode(name: &str, bytes: &[u8]) -> Result<BranchRecord, CatalogError> {
 }
 
 pub(crate) struct Catalog {
-    db: Database,
+    db: Db,
 }
 
 impl Catalog {
     pub fn open(path: &Path) -> Result<Catalog, CatalogError> {
-        let db = crate::redb_file::open(path, 4 << 20).map_err(CatalogError)?;
-        let txn = db.begin_write().map_err(cerr)?;
-        txn.open_table(BRANCHES).map_err(cerr)?;
-        txn.open_table(META).map_err(cerr)?;
-        txn.commit().map_err(cerr)?;
+        let db = Db::open(path, 4 << 20)?;
+        db.run(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(BRANCHES)?;
+            txn.open_table(META)?;
+            Ok(txn.commit()?)
+        })?;
         Ok(Catalog { db })
     }
 
     pub fn list(&self) -> Result<Vec<BranchRecord>, CatalogError> {
-        let txn = self.db.begin_read().map_err(cerr)?;
-        let table = txn.open_table(BRANCHES).map_err(cerr)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(cerr)? {
-            let (k, v) = item.map_err(cerr)?;
-            out.push(decode(k.value(), v.value())?);
-        }
-        Ok(out)
+        let raw = self.db.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(BRANCHES)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                out.push((k.value().to_string(), v.value().to_vec()));
+            }
+            Ok(out)
+        })?;
+        raw.iter().map(|(name, bytes)| decode(name, bytes)).collect()
     }
 
     pub fn get(&self, name: &str) -> Result<Option<BranchRecord>, CatalogError> {
-        let txn = self.db.begin_read().map_err(cerr)?;
-        let table = txn.open_table(BRANCHES).map_err(cerr)?;
-        let found = table.get(name).map_err(cerr)?;
-        found.map(|v| decode(name, v.value())).transpose()
+        let raw = self.db.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(BRANCHES)?;
+            let found = table.get(name)?;
+            Ok(found.map(|v| v.value().to_vec()))
+        })?;
+        raw.map(|bytes| decode(name, &bytes)).transpose()
     }
 
     /// Allocates an id for a new branch.
     pub fn next_id(&self) -> Result<u64, CatalogError> {
-        let txn = self.db.begin_write().map_err(cerr)?;
-        let id = {
-            let mut meta = txn.open_table(META).map_err(cerr)?;
-            let id = meta.get(META_NEXT_ID).map_err(cerr)?.map_or(1, |v| v.value());
-            meta.insert(META_NEXT_ID, id + 1).map_err(cerr)?;
-            id
-        };
-        txn.commit().map_err(cerr)?;
-        Ok(id)
+        Ok(self.db.run(|db| {
+            let txn = db.begin_write()?;
+            let id = {
+                let mut meta = txn.open_table(META)?;
+                let id = meta.get(META_NEXT_ID)?.map_or(1, |v| v.value());
+                meta.insert(META_NEXT_ID, id + 1)?;
+                id
+            };
+            txn.commit()?;
+            Ok(id)
+        })?)
     }
 
     pub fn put(&self, rec: &BranchRecord) -> Result<(), CatalogError> {
-        let bytes = encode_record(rec).map_err(cerr)?;
-        let txn = self.db.begin_write().map_err(cerr)?;
-        txn.open_table(BRANCHES).map_err(cerr)?.insert(rec.name.as_str(), bytes.as_slice()).map_err(cerr)?;
-        txn.commit().map_err(cerr)
+        let bytes = encode_record(rec).map_err(|e| CatalogError(format!("encoding the record of '{}': {e}", rec.name)))?;
+        Ok(self.db.run(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(BRANCHES)?.insert(rec.name.as_str(), bytes.as_slice())?;
+            Ok(txn.commit()?)
+        })?)
     }
 
     pub fn remove(&self, name: &str) -> Result<(), CatalogError> {
-        let txn = self.db.begin_write().map_err(cerr)?;
-        txn.open_table(BRANCHES).map_err(cerr)?.remove(name).map_err(cerr)?;
-        txn.commit().map_err(cerr)
+        Ok(self.db.run(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(BRANCHES)?.remove(name)?;
+            Ok(txn.commit()?)
+        })?)
     }
 }

@@ -13,13 +13,24 @@
 //!
 //! [`open`] opens a database on such a file and turns a panic inside redb (its
 //! recovery asserts on some damaged files) into an error naming the file.
+//!
+//! redb refuses every later read and write of a database once one I/O operation on
+//! its file has failed ("a previous I/O error occurred; close and re-open"): one
+//! ENOSPC during a commit, or one EIO on a read, would otherwise make every branch
+//! unreadable until the daemon restarts. [`Db`] is the handle the store and catalog
+//! use instead of a bare `Database`: after an I/O failure it drops the database and
+//! reopens it (redb then recovers to its last durable commit, which is every commit
+//! that returned Ok) before the next operation, and keeps trying on each operation
+//! until the file can be opened again.
 
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use parking_lot::RwLock;
 use redb::{Database, StorageBackend};
 
 /// A redb storage backend on one file, whose growth is durable before it is used.
@@ -79,9 +90,100 @@ impl Drop for DurableGrowFile {
     }
 }
 
+/// A failed operation on a [`Db`]: the file it was on, and what redb said.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("{}: {source}", path.display())]
+    Redb { path: PathBuf, source: redb::Error },
+    /// The file could not be (re)opened; the message names it.
+    #[error("{0}")]
+    Open(String),
+}
+
+/// A redb database that reopens itself after an I/O failure (see the module doc).
+pub(crate) struct Db {
+    path: PathBuf,
+    cache_bytes: usize,
+    /// `None` only while a reopen after a failure has not yet succeeded.
+    db: RwLock<Option<Database>>,
+    /// Set when an operation failed with an I/O error: the next one reopens first.
+    failed: AtomicBool,
+}
+
+impl Db {
+    /// Opens (creating) the database at `path` with `cache_bytes` of page cache.
+    pub fn open(path: &Path, cache_bytes: usize) -> Result<Db, DbError> {
+        let db = open(path, cache_bytes).map_err(DbError::Open)?;
+        Ok(Db { path: path.to_path_buf(), cache_bytes, db: RwLock::new(Some(db)), failed: AtomicBool::new(false) })
+    }
+
+    /// Runs `f` on the database. An I/O error from `f` marks the database for reopening;
+    /// if `f` met the poison of an earlier failure, the database is reopened and `f`
+    /// runs once more (so `f` must be safe to repeat: a whole transaction).
+    pub fn run<T>(&self, f: impl Fn(&Database) -> Result<T, redb::Error>) -> Result<T, DbError> {
+        match self.run_once(&f) {
+            Err(DbError::Redb { source: redb::Error::PreviousIo, .. }) => self.run_once(f),
+            other => other,
+        }
+    }
+
+    /// [`Db::run`] without the retry, for an `f` with effects outside the database
+    /// (a callback per entry) that must not see entries twice.
+    pub fn run_once<T>(&self, mut f: impl FnMut(&Database) -> Result<T, redb::Error>) -> Result<T, DbError> {
+        if self.failed.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let guard = self.db.read();
+        let Some(db) = guard.as_ref() else {
+            // Another thread's reopen failed between our check and the lock.
+            self.failed.store(true, Ordering::Release);
+            return Err(DbError::Open(format!("{} is not open (reopening it after an I/O error failed)", self.path.display())));
+        };
+        f(db).map_err(|e| {
+            if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                self.failed.store(true, Ordering::Release);
+            }
+            DbError::Redb { path: self.path.clone(), source: e }
+        })
+    }
+
+    /// Compacts the file (returns freed pages to the file system); needs every
+    /// transaction to have ended, so it waits for the handle's exclusive lock.
+    pub fn compact(&self) -> Result<bool, DbError> {
+        if self.failed.load(Ordering::Acquire) {
+            self.reopen()?;
+        }
+        let mut guard = self.db.write();
+        let Some(db) = guard.as_mut() else {
+            return Err(DbError::Open(format!("{} is not open (an earlier reopen failed)", self.path.display())));
+        };
+        db.compact().map_err(|e| {
+            let e = redb::Error::from(e);
+            if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
+                self.failed.store(true, Ordering::Release);
+            }
+            DbError::Redb { path: self.path.clone(), source: e }
+        })
+    }
+
+    fn reopen(&self) -> Result<(), DbError> {
+        let mut guard = self.db.write();
+        if !self.failed.load(Ordering::Acquire) {
+            return Ok(()); // another thread reopened it while we waited
+        }
+        // Drop first: the old handle holds the file's lock.
+        *guard = None;
+        let db = open(&self.path, self.cache_bytes).map_err(DbError::Open)?;
+        tracing::info!("reopened {} after an I/O error", self.path.display());
+        *guard = Some(db);
+        self.failed.store(false, Ordering::Release);
+        Ok(())
+    }
+}
+
 /// Opens (creating) the redb database at `path` with `cache_bytes` of page cache.
 /// A panic inside redb while it opens or recovers the file becomes an error.
-pub fn open(path: &Path, cache_bytes: usize) -> Result<Database, String> {
+fn open(path: &Path, cache_bytes: usize) -> Result<Database, String> {
     let named = |e: &dyn std::fmt::Display| format!("opening {}: {e}", path.display());
     let backend = DurableGrowFile::open(path).map_err(|e| named(&e))?;
     let opened = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {

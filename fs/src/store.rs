@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use redb::{Database, ReadableTable, ReadableTableMetadata};
+use redb::{ReadableTable, ReadableTableMetadata};
 
 pub mod mem;
 pub use mem::MemStore;
@@ -22,6 +22,7 @@ use crate::format::index::OBJECTS;
 use crate::format::FormatError;
 use crate::gc::{self, GcReport, GcStore};
 use crate::pack::{self, ActivePack, Location, PackError};
+use crate::redb_file::{Db, DbError};
 
 /// Memory redb may use to cache index pages.
 const INDEX_CACHE_BYTES: usize = 32 << 20;
@@ -39,16 +40,12 @@ pub enum StoreError {
     Io(#[from] std::io::Error),
     #[error("store index error: {0}")]
     Index(String),
+    #[error("store index error: {0}")]
+    Db(#[from] DbError),
     #[error(transparent)]
     Pack(#[from] PackError),
     #[error("encoding an object: {0}")]
     Format(#[from] FormatError),
-}
-
-impl StoreError {
-    fn index(e: impl std::fmt::Display) -> StoreError {
-        StoreError::Index(e.to_string())
-    }
 }
 
 /// What GC did (the name `pgbranch gc`'s report had before [`GcReport`]).
@@ -80,8 +77,7 @@ pub trait ObjectStore: Send + Sync {
 pub struct LocalStore {
     dir: PathBuf,
     index_path: PathBuf,
-    /// Write-locked only by GC, to compact the file after removing entries.
-    index: RwLock<Database>,
+    index: Db,
     active: Mutex<ActivePack>,
     /// Objects appended since the last flush: visible to readers, not yet indexed.
     pending: RwLock<HashMap<Hash, Location>>,
@@ -93,12 +89,12 @@ impl LocalStore {
         let packs_dir = dir.join("packs");
         std::fs::create_dir_all(&packs_dir)?;
         // redb caches up to 1 GiB by default; the index is hot only in small part.
-        let index = crate::redb_file::open(&dir.join("index.redb"), INDEX_CACHE_BYTES).map_err(StoreError::Index)?;
-        {
-            let txn = index.begin_write().map_err(StoreError::index)?;
-            txn.open_table(OBJECTS).map_err(StoreError::index)?;
-            txn.commit().map_err(StoreError::index)?;
-        }
+        let index = Db::open(&dir.join("index.redb"), INDEX_CACHE_BYTES)?;
+        index.run(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(OBJECTS)?;
+            Ok(txn.commit()?)
+        })?;
 
         let last = pack::list_packs(&packs_dir)?.last().copied().unwrap_or(0);
         // Always start a fresh pack: anything past the last flush in the previous one is
@@ -107,7 +103,7 @@ impl LocalStore {
         Ok(LocalStore {
             dir: packs_dir,
             index_path: dir.join("index.redb"),
-            index: RwLock::new(index),
+            index,
             active: Mutex::new(active),
             pending: RwLock::new(HashMap::new()),
             readers: RwLock::new(HashMap::new()),
@@ -118,13 +114,15 @@ impl LocalStore {
         if let Some(loc) = self.pending.read().get(hash) {
             return Ok(Some(*loc));
         }
-        let txn = self.index.read().begin_read().map_err(StoreError::index)?;
-        let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
-        let found = table.get(hash.0).map_err(StoreError::index)?;
-        Ok(found.map(|v| {
-            let (pack, offset, len) = v.value();
-            Location { pack, offset, len }
-        }))
+        Ok(self.index.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(OBJECTS)?;
+            let found = table.get(hash.0)?;
+            Ok(found.map(|v| {
+                let (pack, offset, len) = v.value();
+                Location { pack, offset, len }
+            }))
+        })?)
     }
 
     fn reader(&self, pack: u32) -> Result<Arc<File>, StoreError> {
@@ -144,18 +142,19 @@ impl LocalStore {
     }
 
     fn index_pending(&self, entries: &[(Hash, Location)], removed: &[Hash]) -> Result<(), StoreError> {
-        let txn = self.index.read().begin_write().map_err(StoreError::index)?;
-        {
-            let mut table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
-            for (h, loc) in entries {
-                table.insert(h.0, (loc.pack, loc.offset, loc.len)).map_err(StoreError::index)?;
+        Ok(self.index.run(|db| {
+            let txn = db.begin_write()?;
+            {
+                let mut table = txn.open_table(OBJECTS)?;
+                for (h, loc) in entries {
+                    table.insert(h.0, (loc.pack, loc.offset, loc.len))?;
+                }
+                for h in removed {
+                    table.remove(h.0)?;
+                }
             }
-            for h in removed {
-                table.remove(h.0).map_err(StoreError::index)?;
-            }
-        }
-        txn.commit().map_err(StoreError::index)?;
-        Ok(())
+            Ok(txn.commit()?)
+        })?)
     }
 }
 
@@ -214,21 +213,21 @@ impl ObjectStore for LocalStore {
     }
 
     fn object_count(&self) -> Result<u64, StoreError> {
-        let txn = self.index.read().begin_read().map_err(StoreError::index)?;
-        let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
-        Ok(table.len().map_err(StoreError::index)? + self.pending.read().len() as u64)
+        let indexed = self.index.run(|db| Ok(db.begin_read()?.open_table(OBJECTS)?.len()?))?;
+        Ok(indexed + self.pending.read().len() as u64)
     }
 
     fn all_objects(&self) -> Result<Vec<Hash>, StoreError> {
         self.flush()?;
-        let txn = self.index.read().begin_read().map_err(StoreError::index)?;
-        let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
-        let mut out = Vec::new();
-        for item in table.iter().map_err(StoreError::index)? {
-            let (k, _) = item.map_err(StoreError::index)?;
-            out.push(Hash(k.value()));
-        }
-        Ok(out)
+        Ok(self.index.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(OBJECTS)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                out.push(Hash(item?.0.value()));
+            }
+            Ok(out)
+        })?)
     }
 
     fn sweep(&self, live: &HashSet<Hash>) -> Result<SweepStats, StoreError> {
@@ -260,14 +259,21 @@ impl GcStore for LocalStore {
 
     fn for_each_index_entry(&self, f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>) -> Result<(), StoreError> {
         // Stream the index rather than load it: a large store has millions of entries.
-        let txn = self.index.read().begin_read().map_err(StoreError::index)?;
-        let table = txn.open_table(OBJECTS).map_err(StoreError::index)?;
-        for item in table.iter().map_err(StoreError::index)? {
-            let (k, v) = item.map_err(StoreError::index)?;
-            let (pack, offset, len) = v.value();
-            f(Hash(k.value()), Location { pack, offset, len })?;
-        }
-        Ok(())
+        let mut stopped = None;
+        self.index.run_once(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(OBJECTS)?;
+            for item in table.iter()? {
+                let (k, v) = item?;
+                let (pack, offset, len) = v.value();
+                if let Err(e) = f(Hash(k.value()), Location { pack, offset, len }) {
+                    stopped = Some(e);
+                    break;
+                }
+            }
+            Ok(())
+        })?;
+        stopped.map_or(Ok(()), Err)
     }
 
     fn copy_records(&self, records: &[(Hash, Location)]) -> Result<Vec<(Hash, Location)>, StoreError> {
@@ -299,7 +305,7 @@ impl GcStore for LocalStore {
         // redb keeps freed pages for reuse; compaction returns them to the file system.
         // A read that began before we took the lock makes compaction wait its turn.
         for attempt in 0..50 {
-            match self.index.write().compact() {
+            match self.index.compact() {
                 Ok(_) => break,
                 Err(e) if attempt == 49 => tracing::warn!("index compaction skipped: {e}"),
                 Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
