@@ -386,6 +386,10 @@ pub struct StoreSpace {
     pub index_bytes: u64,
     pub catalog_bytes: u64,
     pub intent_logs: Vec<LogSpace>,
+    /// The emergency reserve (`data/reserve`), kept while there is room and given back
+    /// when the disk is full so that `branch delete` and `gc` can run; 0 while given back.
+    #[serde(default)]
+    pub reserve_bytes: u64,
     /// Everything else under `data/` (servers.json, keys, stale files).
     pub other_bytes: u64,
 }

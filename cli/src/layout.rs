@@ -93,7 +93,8 @@ impl Layout {
             let mut bytes = [0u8; 32];
             std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).context("reading /dev/urandom")?;
             let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-            crate::files::write_atomic(&path, format!("{hex}\n").as_bytes(), 0o600).context("creating the masking key")?;
+            // Two processes that both found no key: one key wins, both read it.
+            crate::files::create_atomic(&path, format!("{hex}\n").as_bytes(), 0o600).context("creating the masking key")?;
         }
         let text = std::fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
         let text = text.trim();

@@ -9,6 +9,7 @@ pub mod daemon;
 pub mod demo;
 mod files;
 pub mod layout;
+pub mod log_writer;
 pub mod output;
 pub mod pii;
 mod procs;

@@ -216,7 +216,8 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_env("PGBRANCH_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if is_daemon { "info" } else { "warn" })),
         )
-        .with_writer(std::io::stderr)
+        .with_writer(pgbranch::log_writer::StderrLog)
+        .log_internal_errors(false)
         .with_ansi(!is_daemon)
         .init();
     if let Err(e) = run(cli) {

@@ -202,10 +202,11 @@ fn space(space: &Space) {
     );
     let logs: Vec<String> = s.intent_logs.iter().map(|l| format!("{} {}", l.branch, bytes(l.bytes))).collect();
     println!(
-        "held by:   packs {}, index {}, catalog {}, other {}; intent logs: {}",
+        "held by:   packs {}, index {}, catalog {}, reserve {}, other {}; intent logs: {}",
         bytes(s.packs_bytes),
         bytes(s.index_bytes),
         bytes(s.catalog_bytes),
+        bytes(s.reserve_bytes),
         bytes(s.other_bytes),
         if logs.is_empty() { "none".to_string() } else { logs.join(", ") }
     );

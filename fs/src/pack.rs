@@ -62,6 +62,11 @@ pub(crate) struct ActivePack {
     /// opened for appending (pwrite then writes at its end, not at `len`): it must be
     /// cut back to `len` before the next append.
     torn: bool,
+    /// An fsync of this pack failed. Linux reports a writeback error once and may have
+    /// dropped the pages it could not write, so a later fsync that succeeds proves
+    /// nothing about what came before: this pack is never synced again (the store
+    /// starts a new one and rewrites what was not yet durable there).
+    sync_failed: bool,
 }
 
 impl ActivePack {
@@ -83,7 +88,7 @@ impl ActivePack {
         } else {
             check_header(&file, &path)?;
         }
-        Ok(ActivePack { number, file, len, torn: false })
+        Ok(ActivePack { number, file, len, torn: false, sync_failed: false })
     }
 
     pub fn len(&self) -> u64 {
@@ -112,8 +117,29 @@ impl ActivePack {
         Ok(loc)
     }
 
-    pub fn sync(&self) -> io::Result<()> {
-        self.file.sync_data()
+    /// Makes every record appended so far durable. Once a sync has failed, every
+    /// later one fails too (see `sync_failed`).
+    pub fn sync(&mut self) -> io::Result<()> {
+        if self.sync_failed {
+            return Err(io::Error::other(format!(
+                "an earlier fsync of pack {} failed; its records are rewritten to a new pack",
+                self.number
+            )));
+        }
+        let synced = self.file.sync_data();
+        self.sync_failed = synced.is_err();
+        synced
+    }
+
+    /// True once a sync of this pack has failed: it takes no more records.
+    pub fn sync_failed(&self) -> bool {
+        self.sync_failed
+    }
+
+    /// What a failed fsync leaves, for the store's tests.
+    #[cfg(test)]
+    pub fn fail_sync_for_test(&mut self) {
+        self.sync_failed = true;
     }
 }
 

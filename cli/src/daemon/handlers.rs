@@ -372,7 +372,10 @@ impl Daemon {
                 answer(self.create_branch(&name, from, start, ttl_secs, protect)?)
             }
             Request::CreateSnapshot { name, from } => answer(self.create_snapshot(name, &from)?),
-            Request::Delete { name, snapshot } => answer(self.delete_branch(&name, snapshot)?),
+            Request::Delete { name, snapshot } => {
+                self.release_reserve_if_full();
+                answer(self.delete_branch(&name, snapshot)?)
+            }
             Request::BranchStart { name } => answer(self.branch_start(&name)?),
             Request::BranchStop { name } => {
                 self.repo.get(&name)?;
@@ -399,13 +402,40 @@ impl Daemon {
                 answer(SourceUrl { source_url: f.source_url })
             }
             Request::Du => answer(usage(self.repo.usage()?)?),
-            Request::Gc => answer(gc_done(self.repo.gc()?)),
+            Request::Gc => {
+                self.release_reserve_if_full();
+                let done = self.repo.gc();
+                self.keep_reserve();
+                answer(gc_done(done?))
+            }
             Request::Verify => answer(verified(self.repo.verify()?)),
             Request::Commit => {
                 self.repo.commit_all()?;
                 answer(Committed {})
             }
             Request::Shutdown => answer(Stopping { stopping: std::process::id() }),
+        }
+    }
+
+    /// Gives back the emergency reserve when the disk is full (see `space`), so that a
+    /// verb that frees space has room for its own writes.
+    fn release_reserve_if_full(&self) {
+        match super::space::release_reserve_if_full(&self.layout.data()) {
+            Ok(true) => tracing::warn!(
+                "the store's disk is full: gave back the {} MiB emergency reserve so that delete and gc can run",
+                super::space::RESERVE_BYTES >> 20
+            ),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("giving back the emergency reserve: {e}"),
+        }
+    }
+
+    /// Takes the emergency reserve again once the disk has room for it.
+    pub(super) fn keep_reserve(&self) {
+        match super::space::keep_reserve(&self.layout.data()) {
+            Ok(true) => tracing::info!("kept a {} MiB emergency reserve for a full disk", super::space::RESERVE_BYTES >> 20),
+            Ok(false) => {}
+            Err(e) => tracing::warn!("keeping the emergency reserve: {e}"),
         }
     }
 

@@ -322,6 +322,7 @@ pub fn run(layout: Layout) -> Result<()> {
     sys::tune_malloc();
     let daemon = Daemon::start(layout)?;
     daemon.spawn_committer().context("spawning the committer")?;
+    daemon.keep_reserve();
     daemon.restore_servers();
     daemon.spawn_standby_watch();
     let d = daemon.clone();

@@ -221,5 +221,5 @@ fn unknown_tags_are_errors() {
     assert_eq!(body[5], crate::format::tags::NEW_FILE);
     body[5] = 9;
     let err = log::decode_op(&body).unwrap_err().to_string();
-    assert!(err.contains("create op is malformed"), "{err}");
+    assert!(err.contains("create op is malformed: unknown new inode kind tag 9"), "{err}");
 }

@@ -69,7 +69,11 @@ pub(crate) fn postcard_after<T: serde::Serialize + ?Sized>(prefix: Vec<u8>, valu
 
 /// Decodes a postcard body that must use every byte.
 pub(crate) fn postcard_exact<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, FormatError> {
-    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| FormatError::malformed(what, e))?;
+    tagged::take_unknown_tag();
+    let (value, rest) = postcard::take_from_bytes(bytes).map_err(|e| match tagged::take_unknown_tag() {
+        Some(unknown) => FormatError::malformed(what, unknown),
+        None => FormatError::malformed(what, e),
+    })?;
     if !rest.is_empty() {
         return Err(FormatError::malformed(what, format!("{} trailing bytes", rest.len())));
     }

@@ -43,6 +43,20 @@ pub(crate) fn payload<'de, A: SeqAccess<'de>, P: Deserialize<'de>>(seq: &mut A) 
     seq.next_element()?.ok_or_else(|| de::Error::custom("variant payload missing"))
 }
 
+thread_local! {
+    /// The last unknown-tag message on this thread. postcard drops the text of a
+    /// custom error (it reports only "serde deserialization error"), so the decoder
+    /// that called postcard ([`super::postcard_exact`]) takes it back from here.
+    static UNKNOWN_TAG: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
 pub(crate) fn unknown<E: de::Error>(name: &str, tag: u8) -> E {
-    E::custom(format!("unknown {name} tag {tag} (written by a newer pgbranch?)"))
+    let message = format!("unknown {name} tag {tag} (written by a newer pgbranch?)");
+    UNKNOWN_TAG.with(|m| *m.borrow_mut() = Some(message.clone()));
+    E::custom(message)
+}
+
+/// Clears, or takes, the message of the last [`unknown`] on this thread.
+pub(crate) fn take_unknown_tag() -> Option<String> {
+    UNKNOWN_TAG.with(|m| m.borrow_mut().take())
 }
