@@ -4,6 +4,9 @@
 //! `format::catalog`). Updating a head is one redb transaction, so after a crash every
 //! head is either its old or its new root.
 
+// The closures given to `Db::run` return redb's own (large) error; `DbError` boxes it.
+#![allow(clippy::result_large_err)]
+
 use std::path::Path;
 
 use redb::ReadableTable;

@@ -94,7 +94,7 @@ impl Drop for DurableGrowFile {
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     #[error("{}: {source}", path.display())]
-    Redb { path: PathBuf, source: redb::Error },
+    Redb { path: PathBuf, source: Box<redb::Error> },
     /// The file could not be (re)opened; the message names it.
     #[error("{0}")]
     Open(String),
@@ -120,9 +120,12 @@ impl Db {
     /// Runs `f` on the database. An I/O error from `f` marks the database for reopening;
     /// if `f` met the poison of an earlier failure, the database is reopened and `f`
     /// runs once more (so `f` must be safe to repeat: a whole transaction).
+    // redb's own error type is large (one variant holds a read transaction); the
+    // closures return it as redb made it, and `DbError` boxes it.
+    #[allow(clippy::result_large_err)]
     pub fn run<T>(&self, f: impl Fn(&Database) -> Result<T, redb::Error>) -> Result<T, DbError> {
         match self.run_once(&f) {
-            Err(DbError::Redb { source: redb::Error::PreviousIo, .. }) => self.run_once(f),
+            Err(DbError::Redb { source, .. }) if matches!(*source, redb::Error::PreviousIo) => self.run_once(f),
             other => other,
         }
     }
@@ -143,7 +146,7 @@ impl Db {
             if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
                 self.failed.store(true, Ordering::Release);
             }
-            DbError::Redb { path: self.path.clone(), source: e }
+            DbError::Redb { path: self.path.clone(), source: Box::new(e) }
         })
     }
 
@@ -162,7 +165,7 @@ impl Db {
             if matches!(e, redb::Error::Io(_) | redb::Error::PreviousIo) {
                 self.failed.store(true, Ordering::Release);
             }
-            DbError::Redb { path: self.path.clone(), source: e }
+            DbError::Redb { path: self.path.clone(), source: Box::new(e) }
         })
     }
 

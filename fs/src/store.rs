@@ -5,6 +5,9 @@
 //! (hash -> pack, offset, length). Objects are immutable and named by hash, so an
 //! S3-compatible backend can implement the same trait later.
 
+// The closures given to `Db::run` return redb's own (large) error; `DbError` boxes it.
+#![allow(clippy::result_large_err)]
+
 use std::collections::{HashMap, HashSet};
 use std::fs::File;
 use std::os::unix::fs::FileExt;

@@ -4,7 +4,8 @@
 //! writer and branch `r` serves reads. On the full disk the daemon stays up, logs the
 //! commit failures a bounded number of times, `r` still answers, and `status` (text and
 //! --json), `du` and `branch list` work, `status` saying full. Then `branch delete big`
-//! and `gc` free the space, `a`'s postgres works again (restarted if it had to give up),
+//! and `gc` free the space (the store's 32 MiB emergency reserve, given back when they
+//! start on a full disk, gives them room for their own writes), `a`'s postgres works again (restarted if it had to give up),
 //! every acknowledged commit is there, and `verify` and pg_amcheck are clean.
 
 use std::time::{Duration, Instant};
@@ -40,7 +41,7 @@ fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 }
 
 #[test]
-#[ignore = "found a bug not fixed yet: on the full disk `pgbranch du` got no answer from the daemon (\"closed the connection without answering\") after status, du --json and branch list had worked; run with --ignored"]
+#[ignore = "open: on the full disk the read-mostly branch r's postgres PANICs on a WAL fdatasync (ENOSPC): in a copy-on-write store an overwrite of a preallocated WAL segment needs new space, where on ext4 it does not; run with --ignored"]
 fn a_full_store_disk_keeps_the_daemon_up_and_loses_nothing() {
     let disk = LoopDisk::create("full", DISK_MIB);
     let store = TestStore::at(&disk.mountpoint.join("store"));
@@ -89,6 +90,12 @@ fn a_full_store_disk_keeps_the_daemon_up_and_loses_nothing() {
         assert_eq!(store.daemon_pid(), Some(daemon), "the daemon stays up on a full disk");
         let status = store.json(&["status"]);
         assert_eq!(status["space"]["full"], true, "status --json says the store is full: {}", status["space"]);
+        assert_eq!(
+            status["space"]["reserve_bytes"],
+            32 << 20,
+            "the emergency reserve is held until delete or gc needs it: {}",
+            status["space"]
+        );
         let text = store.ok(&["status"]);
         assert!(text.contains("FULL"), "status says the store is full:\n{text}");
         let du = store.json(&["du"]);
@@ -118,6 +125,7 @@ fn a_full_store_disk_keeps_the_daemon_up_and_loses_nothing() {
     let space = store.json(&["status"])["space"].clone();
     assert_eq!(space["full"], false, "gc freed the space: {space}");
     assert!(disk.free_bytes() > 128 << 20, "gc freed the space: {} bytes free", disk.free_bytes());
+    assert_eq!(space["reserve_bytes"], 32 << 20, "gc took the emergency reserve again: {space}");
 
     // a's postgres works again: still up (it recovered from a PANIC itself), or started.
     let a_works =
