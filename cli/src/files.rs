@@ -24,7 +24,6 @@ pub(crate) fn create_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<bool
     put_atomic(path, bytes, mode, Put::CreateNew)
 }
 
-#[derive(PartialEq)]
 enum Put {
     Replace,
     CreateNew,

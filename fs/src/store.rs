@@ -79,7 +79,7 @@ pub trait ObjectStore: Send + Sync {
 /// An object put since the last successful flush.
 struct Pending {
     loc: Location,
-    payload: Arc<[u8]>,
+    payload: Arc<Vec<u8>>,
 }
 
 /// Pack files plus a redb index, in one local directory.
@@ -125,6 +125,11 @@ impl LocalStore {
         if let Some(p) = self.pending.read().get(hash) {
             return Ok(Some(p.loc));
         }
+        self.indexed_location(hash)
+    }
+
+    /// Where the index says `hash` is (not looking at pending objects).
+    fn indexed_location(&self, hash: &Hash) -> Result<Option<Location>, StoreError> {
         Ok(self.index.run(|db| {
             let txn = db.begin_read()?;
             let table = txn.open_table(OBJECTS)?;
@@ -181,10 +186,11 @@ impl LocalStore {
 
 impl ObjectStore for LocalStore {
     fn get(&self, hash: &Hash) -> Result<Vec<u8>, StoreError> {
+        // A pending object is read from memory (its pack may be one whose fsync failed).
         if let Some(payload) = self.pending.read().get(hash).map(|p| p.payload.clone()) {
             return Ok(block::decode(hash, &payload)?);
         }
-        let loc = self.locate(hash)?.ok_or(StoreError::Missing(*hash))?;
+        let loc = self.indexed_location(hash)?.ok_or(StoreError::Missing(*hash))?;
         let payload = self.read_payload(loc)?;
         Ok(block::decode(hash, &payload)?)
     }
@@ -193,7 +199,7 @@ impl ObjectStore for LocalStore {
         if self.locate(hash)?.is_some() {
             return Ok(());
         }
-        let payload: Arc<[u8]> = block::encode(bytes).into();
+        let payload = Arc::new(block::encode(bytes));
         let mut active = self.active.lock();
         // Re-check under the lock: another thread may have stored it meanwhile.
         if self.pending.read().contains_key(hash) {

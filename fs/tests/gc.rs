@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{create_file, write};
+use common::{create_file, noise, write};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -119,19 +119,6 @@ impl<S: GcStore> GcStore for FaultyStore<S> {
     fn finish_gc(&self) -> Result<(), StoreError> {
         self.inner.finish_gc()
     }
-}
-
-/// Incompressible bytes, distinct per seed.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
 }
 
 fn put(store: &dyn ObjectStore, data: &[u8]) -> Hash {

@@ -8,25 +8,13 @@ mod common;
 
 use std::collections::HashSet;
 
+use common::noise;
 use common::tinyfs::TinyFs;
 use pgbranch_fs::block::Hash;
 use pgbranch_fs::gc::{self, GcStore, PackAction};
 use pgbranch_fs::store::{LocalStore, ObjectStore, StoreError};
 
 const BLOCK: usize = 8192;
-
-/// Incompressible bytes, distinct per seed.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn put(store: &LocalStore, seed: u64) -> Result<Hash, StoreError> {
     let data = noise(seed, BLOCK);

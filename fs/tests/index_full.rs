@@ -7,21 +7,10 @@
 
 mod common;
 
+use common::noise;
 use common::tinyfs::TinyFs;
 use pgbranch_fs::block::Hash;
 use pgbranch_fs::store::{LocalStore, ObjectStore};
-
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 #[test]
 fn a_full_index_disk_fails_a_flush_and_the_store_recovers_once_space_is_freed() {

@@ -133,6 +133,20 @@ pub fn stored_hash(t: &mut Tree, ino: u64, idx: u64) -> Hash {
     }
 }
 
+/// Incompressible bytes, distinct per seed (xorshift), for tests that need stored
+/// sizes close to logical sizes.
+pub fn noise(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u64).wrapping_mul(31).wrapping_add(seed) as u8 | 1).collect()
 }
