@@ -1,10 +1,9 @@
 //! The process-level calls the CLI and daemon make through libc, each behind a safe
-//! function: every `unsafe` block of the crate is here.
+//! function: every `unsafe` block of the crate is here. Filesystem calls (statvfs,
+//! unmount, flock) are `pgbranch_fs::sys`.
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::path::Path;
 
 /// Restores the default action of SIGPIPE, so that a verb whose reader went away
 /// (`pgbranch branch list --json | head -1`) ends quietly, as Unix tools do, instead of
@@ -45,20 +44,6 @@ pub(crate) fn user_ids(name: &str) -> Option<(u32, u32)> {
     }
 }
 
-/// Takes an exclusive `flock` on `file` without waiting; false if another process
-/// holds it. Released when the file is closed.
-pub(crate) fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
-    // SAFETY: the descriptor is owned by `file`, open for the duration of the call.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(true);
-    }
-    let err = io::Error::last_os_error();
-    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        Ok(false)
-    } else {
-        Err(err)
-    }
-}
 
 /// Runs `f` with the process umask set to `mask` (then restores it): for a socket
 /// that must never exist with wider permissions, even for an instant.
@@ -71,19 +56,6 @@ pub(crate) fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// Unmounts `path`: a plain unmount (fails with EBUSY while anything uses it), or a
-/// lazy one (detached now, released when the last user goes).
-pub(crate) fn unmount(path: &Path, lazy: bool) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
-    let flags = if lazy { libc::MNT_DETACH } else { 0 };
-    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
 
 /// Sends `signal` to `pid` (signal 0: only checks that it exists).
 pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
@@ -119,38 +91,13 @@ pub(crate) fn trim_malloc() {
     }
 }
 
-/// statvfs of `path`: (total, available to unprivileged users) in bytes.
-pub(crate) fn statvfs(path: &Path) -> io::Result<(u64, u64)> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "a path with a NUL byte"))?;
-    // SAFETY: all-zero is a valid statvfs (plain integers).
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs; both outlive the call.
-    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((st.f_blocks * st.f_frsize, st.f_bavail * st.f_frsize))
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn a_second_exclusive_lock_is_refused() {
-        let path = std::env::temp_dir().join(format!("pgbranch-sys-lock-{}", std::process::id()));
-        let a = std::fs::File::create(&path).unwrap();
-        let b = std::fs::File::open(&path).unwrap();
-        assert!(try_lock_exclusive(&a).unwrap());
-        assert!(!try_lock_exclusive(&b).unwrap());
-        drop(a);
-        assert!(try_lock_exclusive(&b).unwrap());
-        std::fs::remove_file(&path).unwrap();
-    }
-
-    #[test]
-    fn unmounting_what_is_not_a_mount_fails() {
-        assert!(unmount(&std::env::temp_dir(), false).is_err());
+    fn signal_zero_finds_this_process() {
         assert!(kill(std::process::id() as i32, 0).is_ok());
     }
 }

@@ -41,8 +41,8 @@ use crate::format::tags::{CODEC_LZ4, CODEC_RAW};
 
 /// True when every byte is zero: such blocks are holes and never stored.
 pub(crate) fn is_zero(bytes: &[u8]) -> bool {
-    let (prefix, words, suffix) = unsafe { bytes.align_to::<u64>() };
-    prefix.iter().all(|&b| b == 0) && words.iter().all(|&w| w == 0) && suffix.iter().all(|&b| b == 0)
+    // OR-folding fixed chunks vectorizes; an early exit per chunk keeps data blocks cheap.
+    bytes.chunks(64).all(|c| c.iter().fold(0u8, |acc, &b| acc | b) == 0)
 }
 
 /// Compresses `bytes` for storage; falls back to raw when lz4 does not help.

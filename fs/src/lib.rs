@@ -5,7 +5,8 @@
 //! branch's live state), [`op`] and [`intent_log`] (durability between commits),
 //! [`branch`] and [`catalog`] (branches and their heads), [`redb_file`] (the file
 //! under the index and the catalog, durable when it grows), [`repo`] (the whole store:
-//! create, snapshot, GC, verify, usage), [`gc`] (GC's plan and its execution) and
+//! create, snapshot, GC, verify, usage), [`space`] (the margin kept on a nearly full
+//! disk), [`sys`] (the libc calls, the crate's only `unsafe`), [`gc`] (GC's plan and its execution) and
 //! [`fuse`] (the kernel-facing filesystem).
 //! Nothing here knows about postgres.
 
@@ -23,6 +24,8 @@ pub mod op;
 pub mod pack;
 pub(crate) mod redb_file;
 pub mod repo;
+pub mod space;
 pub mod store;
+pub mod sys;
 pub mod tree;
 pub mod walk;

@@ -25,7 +25,6 @@
 
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,10 +43,8 @@ impl DurableGrowFile {
     /// backend takes, so a second opener of the same file is refused.
     pub fn open(path: &Path) -> io::Result<DurableGrowFile> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
-        // SAFETY: flock on a file descriptor we own and keep open for the backend's life.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
-            let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("{} is locked by another process: {e}", path.display())));
+        if !crate::sys::try_lock_exclusive(&file)? {
+            return Err(io::Error::new(io::ErrorKind::WouldBlock, format!("{} is locked by another process", path.display())));
         }
         Ok(DurableGrowFile { file })
     }
@@ -85,8 +82,7 @@ impl StorageBackend for DurableGrowFile {
 
 impl Drop for DurableGrowFile {
     fn drop(&mut self) {
-        // SAFETY: unlocking the descriptor we locked in `open`, still open here.
-        unsafe { libc::flock(self.file.as_raw_fd(), libc::LOCK_UN) };
+        let _ = crate::sys::unlock(&self.file);
     }
 }
 

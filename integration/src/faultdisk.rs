@@ -392,9 +392,8 @@ impl FaultDisk {
             e.detach();
         }
         if let Some(s) = self.session.take() {
-            let c = std::ffi::CString::new(self.fuse_dir.as_os_str().as_encoded_bytes()).unwrap();
-            // SAFETY: `c` is a valid NUL-terminated path; a lazy unmount never blocks.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+            // A lazy unmount never blocks.
+            let _ = pgbranch_fs::sys::unmount(&self.fuse_dir, true);
             drop(s);
         }
     }

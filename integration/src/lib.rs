@@ -34,8 +34,7 @@ pub fn detach_mounts_under(dir: &Path) {
     for line in mounts.lines() {
         if let Some(mp) = line.split(' ').nth(1) {
             if mp.starts_with(&prefix) {
-                let c = std::ffi::CString::new(mp).unwrap();
-                unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+                let _ = pgbranch_fs::sys::unmount(Path::new(&mp.replace("\\040", " ")), true);
             }
         }
     }
@@ -54,7 +53,7 @@ pub fn processes() -> Vec<(i32, Vec<String>)> {
 }
 
 pub fn pid_alive(pid: i32) -> bool {
-    let exists = unsafe { libc::kill(pid, 0) } == 0;
+    let exists = sys::kill(pid, 0).is_ok();
     exists && !std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| s.contains(") Z "))
 }
 
@@ -84,7 +83,7 @@ pub fn kill_tree(pid: i32) {
             }
         }
     }
-    unsafe { libc::kill(pid, libc::SIGKILL) };
+    let _ = sys::kill(pid, libc::SIGKILL);
     for c in children {
         kill_tree(c);
     }
@@ -158,7 +157,7 @@ impl TestStore {
     /// kill -9 the daemon, as a crash would.
     pub fn kill_daemon(&self) {
         if let Some(pid) = self.daemon_pid() {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = sys::kill(pid, libc::SIGKILL);
             assert!(wait_gone(pid, Duration::from_secs(10)), "daemon {pid} did not die");
         }
     }
@@ -208,7 +207,7 @@ impl Drop for TestStore {
     fn drop(&mut self) {
         let _ = self.command().arg("stop").output();
         if let Some(pid) = self.daemon_pid() {
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = sys::kill(pid, libc::SIGKILL);
             wait_gone(pid, Duration::from_secs(10));
         }
         detach_mounts_under(&self.dir);
@@ -368,10 +367,7 @@ impl SourceDb {
             std::env::temp_dir().join(format!("pgbranch-source-{tag}-{}-{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-        unsafe {
-            libc::chmod(c.as_ptr(), 0o755);
-        }
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let data = dir.join("data");
         owner.private_dir(&data).unwrap();
         let password = "source-secret".to_string();
@@ -407,11 +403,8 @@ impl SourceDb {
         for (name, bytes, mode) in &opts.files {
             let path = conf_dir.join(name);
             std::fs::write(&path, bytes).unwrap();
-            let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-            unsafe {
-                libc::chown(c.as_ptr(), owner.uid, owner.gid);
-                libc::chmod(c.as_ptr(), *mode);
-            }
+            std::os::unix::fs::chown(&path, Some(owner.uid), Some(owner.gid)).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(*mode)).unwrap();
         }
         let extra =
             if opts.conf_outside_pgdata { format!("-c config_file={}", conf_dir.join("postgresql.conf").display()) } else { String::new() };
@@ -514,4 +507,5 @@ pub mod loopdisk;
 pub mod masked;
 pub mod packaged;
 pub mod seeded;
+pub mod sys;
 pub mod tls;

@@ -70,11 +70,7 @@ impl LoopDisk {
 
     /// Bytes free on the filesystem, as `statvfs` reports to an unprivileged user.
     pub fn free_bytes(&self) -> u64 {
-        let c = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        assert_eq!(unsafe { libc::statvfs(c.as_ptr(), &mut st) }, 0, "statvfs {}", self.mountpoint.display());
-        st.f_bavail * st.f_frsize
+        pgbranch_fs::sys::statvfs(&self.mountpoint).unwrap_or_else(|e| panic!("statvfs {}: {e}", self.mountpoint.display())).available_bytes
     }
 
     /// Unmounts and detaches now (drop does the same, quietly).
@@ -82,11 +78,9 @@ impl LoopDisk {
         if self.device.is_empty() {
             return;
         }
-        let c = std::ffi::CString::new(self.mountpoint.as_os_str().as_encoded_bytes()).unwrap();
-        // SAFETY: `c` is a valid NUL-terminated path.
-        if unsafe { libc::umount2(c.as_ptr(), 0) } != 0 {
-            // SAFETY: as above; a lazy unmount detaches a busy mount.
-            unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) };
+        if pgbranch_fs::sys::unmount(&self.mountpoint, false).is_err() {
+            // A lazy unmount detaches a busy mount.
+            let _ = pgbranch_fs::sys::unmount(&self.mountpoint, true);
         }
         let _ = Command::new("losetup").arg("-d").arg(&self.device).output();
         self.device.clear();
@@ -102,11 +96,11 @@ impl Drop for LoopDisk {
     }
 }
 
-/// `mkfs.ext4` on an image file: 1 KiB blocks would be slow, 4 KiB is the default;
-/// no reserved blocks; the journal and inode tables initialised now, not lazily in
+/// `mkfs.ext4` on an image file with 4 KiB blocks, as on a real disk (mke2fs would pick
+/// 1 KiB for an image under 512 MiB, its "small" type); no reserved blocks; the journal and inode tables initialised now, not lazily in
 /// the background (which would write while a fault test runs).
 pub fn format_ext4(image: &Path) {
-    run(Command::new("mkfs.ext4").args(["-q", "-F", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0"]).arg(image), "mkfs.ext4");
+    run(Command::new("mkfs.ext4").args(["-q", "-F", "-b", "4096", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0"]).arg(image), "mkfs.ext4");
 }
 
 /// Unmounts and detaches the loop disks of test runs whose process is gone.

@@ -9,7 +9,6 @@
 //! `PGBRANCH_FSX_SEEDS` (default 8) and `PGBRANCH_FSX_OPS` (default 800) make it longer.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -21,24 +20,12 @@ const MAX_LEN: u64 = 3 << 20;
 const MIB: usize = 1 << 20;
 
 fn fallocate(f: &File, mode: i32, off: u64, len: u64) {
-    // SAFETY: fallocate on an open descriptor with plain integer arguments.
-    let rc = unsafe { libc::fallocate(f.as_raw_fd(), mode, off as libc::off_t, len as libc::off_t) };
-    assert_eq!(rc, 0, "fallocate(mode {mode:#x}, {off}, {len}): {}", std::io::Error::last_os_error());
+    pgbranch_integration::sys::fallocate(f, mode, off, len).unwrap_or_else(|e| panic!("fallocate(mode {mode:#x}, {off}, {len}): {e}"));
 }
 
 /// Maps `len` bytes of `f` from 0 shared, runs `with` on them, msyncs and unmaps.
 fn with_mmap(f: &File, len: usize, with: impl FnOnce(&mut [u8])) {
-    // SAFETY: a fresh shared mapping of an open file; len > 0 and within the file's size.
-    let p = unsafe { libc::mmap(std::ptr::null_mut(), len, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0) };
-    assert_ne!(p, libc::MAP_FAILED, "mmap: {}", std::io::Error::last_os_error());
-    // SAFETY: p is a valid mapping of len bytes that nothing else aliases until munmap below.
-    let bytes = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, len) };
-    with(bytes);
-    // SAFETY: p/len are exactly the mapping made above.
-    unsafe {
-        assert_eq!(libc::msync(p, len, libc::MS_SYNC), 0, "msync: {}", std::io::Error::last_os_error());
-        libc::munmap(p, len);
-    }
+    pgbranch_integration::sys::with_shared_mmap(f, len, with).unwrap_or_else(|e| panic!("mmap/msync of {len} bytes: {e}"));
 }
 
 fn read_all(path: &Path) -> Vec<u8> {

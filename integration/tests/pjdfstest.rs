@@ -58,11 +58,8 @@ fn pjdfstest_on_a_branch_matches_ext4() {
     let branch = store.path("posix");
     // pjdfstest runs as root and as other users inside the directory: give it the
     // ownership and mode its ext4 directory has (a branch root is 0700 for postgres).
-    let c = std::ffi::CString::new(branch.as_os_str().as_encoded_bytes()).unwrap();
-    unsafe {
-        libc::chown(c.as_ptr(), 0, 0);
-        libc::chmod(c.as_ptr(), 0o755);
-    }
+    std::os::unix::fs::chown(&branch, Some(0), Some(0)).unwrap();
+    std::fs::set_permissions(&branch, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
 
     let on_ext4 = pjdfstest(&ext4, &config);
     let on_branch = pjdfstest(&branch, &config);

@@ -132,8 +132,7 @@ fn keep_evidence(
     // Stop the daemon without `stop` or TestStore's drop (which removes the store).
     if let Some(store) = recovered {
         if let Some(pid) = store.daemon_pid() {
-            // SAFETY: a pid of the daemon this test started on its own store.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = pgbranch_integration::sys::kill(pid, libc::SIGKILL);
             pgbranch_integration::wait_gone(pid, Duration::from_secs(30));
         }
         pgbranch_integration::detach_mounts_under(store_dir);
@@ -205,8 +204,7 @@ fn power_loss_keeps_every_fsynced_write() {
         disk.freeze();
         let writes_seen = disk.journal().counts.writes;
         stop.store(true, Ordering::SeqCst);
-        // SAFETY: a pid of the daemon this test started.
-        unsafe { libc::kill(daemon, libc::SIGKILL) };
+        let _ = pgbranch_integration::sys::kill(daemon, libc::SIGKILL);
         assert!(pgbranch_integration::wait_gone(daemon, Duration::from_secs(30)), "daemon {daemon} did not die");
         let done = w.join().expect("workload thread");
         // Every acknowledgement counts, also one taken after the freeze: an fsync
@@ -214,8 +212,7 @@ fn power_loss_keeps_every_fsynced_write() {
         let acked: Vec<Ack> = acks.lock().unwrap().clone();
         // A verb in flight at the kill may have started another daemon: kill it too.
         if let Some(pid) = store.daemon_pid() {
-            // SAFETY: as above, a daemon started on this test's store.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            let _ = pgbranch_integration::sys::kill(pid, libc::SIGKILL);
             pgbranch_integration::wait_gone(pid, Duration::from_secs(30));
         }
         let store = Arc::try_unwrap(store).ok().expect("workload done");

@@ -183,7 +183,7 @@ fn io_uring_build(bin: &PgBin) -> Result<PgBin, String> {
         Ok(()) => return Ok(bin.clone()),
         Err(why) => why,
     };
-    if kernel_io_uring().is_err() {
+    if pgbranch_integration::sys::io_uring_available().is_err() {
         return Err(first);
     }
     let cache = std::env::var_os("PGBRANCH_PG_CACHE").map_or_else(|| "/var/cache/pgbranch/postgresql".into(), std::path::PathBuf::from);
@@ -224,7 +224,7 @@ fn io_uring_support(bin: &PgBin) -> Result<(), String> {
             Ok(v) => format!("kernel.io_uring_disabled = {v}"),
             Err(_) => "no kernel.io_uring_disabled".into(),
         };
-        let kernel = match kernel_io_uring() {
+        let kernel = match pgbranch_integration::sys::io_uring_available() {
             Ok(()) => format!("the kernel itself allows io_uring (io_uring_setup works here; {sysctl})"),
             Err(e) => format!("the kernel refuses io_uring too (io_uring_setup: {e}; {sysctl})"),
         };
@@ -233,16 +233,6 @@ fn io_uring_support(bin: &PgBin) -> Result<(), String> {
     })
 }
 
-/// Whether this process may set up an io_uring instance (kernel, sysctl and seccomp allowing).
-fn kernel_io_uring() -> Result<(), std::io::Error> {
-    let mut params = [0u8; 120]; // struct io_uring_params, zeroed
-    let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    unsafe { libc::close(fd as i32) };
-    Ok(())
-}
 
 /// The masked follower with the seed's config on a source of `major`; main runs the
 /// same major (found here), and says so.

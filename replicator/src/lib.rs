@@ -1,7 +1,7 @@
 //! pgbranch-replicator: everything that talks to postgres — running stock postgres
 //! binaries as the right user ([`pg`]), checking and following a source database
 //! ([`source`], [`basebackup`], [`follower`]), reading its replicated schema
-//! ([`catalog`]) and scanning it for PII ([`pii`]), over TLS as the URL says ([`tls`]).
+//! ([`catalog`]) and scanning it for PII ([`pii`]), over TLS as the URL says ([`tls`]); [`sys`] holds the crate's only `unsafe`.
 //! Nothing here knows about FUSE.
 
 pub mod basebackup;
@@ -14,6 +14,7 @@ pub mod pg_find;
 pub mod pgconf;
 pub mod pii;
 pub mod source;
+pub(crate) mod sys;
 pub mod tablespace;
 pub mod tls;
 pub mod transform;

@@ -85,25 +85,18 @@ pub struct Owner {
 
 impl Owner {
     pub fn for_branches() -> Result<Owner> {
-        let euid = unsafe { libc::geteuid() };
-        let pw = if euid == 0 {
-            let name = std::ffi::CString::new("postgres").unwrap();
-            unsafe { libc::getpwnam(name.as_ptr()) }
-        } else {
-            unsafe { libc::getpwuid(euid) }
-        };
-        if pw.is_null() {
+        let euid = crate::sys::effective_uid();
+        let pw = if euid == 0 { crate::sys::user_by_name("postgres") } else { crate::sys::user_by_uid(euid) };
+        let Some(pw) = pw else {
             bail!("cannot find the OS user to run postgres as (running as root needs a 'postgres' user)");
-        }
-        let pw = unsafe { &*pw };
-        let cstr = |p: *const libc::c_char| unsafe { std::ffi::CStr::from_ptr(p) }.to_string_lossy().into_owned();
-        Ok(Owner { uid: pw.pw_uid, gid: pw.pw_gid, name: cstr(pw.pw_name), home: PathBuf::from(cstr(pw.pw_dir)) })
+        };
+        Ok(Owner { uid: pw.uid, gid: pw.gid, name: pw.name, home: pw.home })
     }
 
     /// A command that runs as this user (postgres refuses to run as root).
     pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut cmd = Command::new(program);
-        if unsafe { libc::geteuid() } != self.uid {
+        if crate::sys::effective_uid() != self.uid {
             cmd.uid(self.uid).gid(self.gid);
         }
         cmd.env("HOME", &self.home).env("USER", &self.name).current_dir("/");
@@ -121,11 +114,10 @@ impl Owner {
     /// A directory this user owns, mode 0700, for sockets and logs.
     pub fn private_dir(&self, path: &Path) -> Result<()> {
         std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        unsafe {
-            libc::chown(c.as_ptr(), self.uid, self.gid);
-            libc::chmod(c.as_ptr(), 0o700);
-        }
+        std::os::unix::fs::chown(path, Some(self.uid), Some(self.gid))
+            .with_context(|| format!("giving {} to user {}", path.display(), self.name))?;
+        std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .with_context(|| format!("making {} private (mode 0700)", path.display()))?;
         Ok(())
     }
 }
@@ -215,15 +207,15 @@ impl Server {
         let mut cmd = self.owner.command(self.bin.tool("pg_ctl"));
         cmd.arg("stop").arg("-w").arg("-m").arg("fast").arg("-D").arg(&self.data);
         if self.owner.run(&mut cmd, "pg_ctl stop").is_err() {
-            unsafe { libc::kill(pid, libc::SIGQUIT) };
+            let _ = crate::sys::kill(pid, libc::SIGQUIT);
         }
         for _ in 0..200 {
-            if unsafe { libc::kill(pid, 0) } != 0 {
+            if crate::sys::kill(pid, 0).is_err() {
                 return Ok(());
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let _ = crate::sys::kill(pid, libc::SIGKILL);
         Ok(())
     }
 }

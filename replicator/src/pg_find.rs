@@ -200,15 +200,10 @@ pub fn probe(dir: &Path) -> Found {
 
 /// The `postgres` OS user's uid and gid when we run as root (postgres refuses root).
 fn postgres_user_if_root() -> Option<(u32, u32)> {
-    if unsafe { libc::geteuid() } != 0 {
+    if crate::sys::effective_uid() != 0 {
         return None;
     }
-    let pw = unsafe { libc::getpwnam(c"postgres".as_ptr()) };
-    if pw.is_null() {
-        return None;
-    }
-    let pw = unsafe { &*pw };
-    Some((pw.pw_uid, pw.pw_gid))
+    crate::sys::user_by_name("postgres").map(|pw| (pw.uid, pw.gid))
 }
 
 /// The first folder on the way to `file` (or `file` itself) that `uid`/`gid` may not

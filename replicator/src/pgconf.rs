@@ -388,6 +388,7 @@ pub fn parse_insufficient(log: &str) -> Option<Insufficient> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     #[test]
     fn controldata_values() {
@@ -433,7 +434,8 @@ mod tests {
         assert!(text.contains("max_wal_senders = 20\n"));
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("postgresql.conf"), &text).unwrap();
-        let me = Owner { uid: unsafe { libc::geteuid() }, gid: unsafe { libc::getegid() }, name: "me".into(), home: "/".into() };
+        let meta = std::fs::metadata(dir.path()).unwrap(); // a directory this process just made
+        let me = Owner { uid: meta.uid(), gid: meta.gid(), name: "me".into(), home: "/".into() };
         set_minimum(dir.path(), &me, "max_wal_senders", 25).unwrap();
         set_minimum(dir.path(), &me, "max_connections", 300).unwrap();
         let m = read_minimums(dir.path());

@@ -20,8 +20,7 @@ impl Db {
         let dir = std::env::temp_dir().join(format!("pgbranch-catalog-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()).unwrap();
-        unsafe { libc::chmod(c.as_ptr(), 0o755) };
+        std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
         let data = dir.join("data");
         owner.private_dir(&data).unwrap();
         let pwfile = dir.join("pw");

@@ -23,6 +23,7 @@ use parking_lot::Mutex;
 use pgbranch_fs::commit_signal::CommitSignal;
 use pgbranch_fs::fuse::{self, Mounted};
 use pgbranch_fs::repo::Repository;
+use pgbranch_fs::space::SpaceGuard;
 use serde_json::Value;
 
 use crate::api::{FollowerMode, Request, Response};
@@ -40,6 +41,9 @@ pub(crate) struct Daemon {
     pub(crate) repo: Arc<Repository>,
     pub(crate) mounts: Mutex<BTreeMap<String, Mounted>>,
     pub(crate) signal: Arc<CommitSignal>,
+    /// The disk under the store, shared by every mount: growth is refused below
+    /// [`space::FULL_MARGIN`].
+    pub(crate) space: Arc<SpaceGuard>,
     pub(crate) started: Instant,
     pub(crate) owner: (u32, u32),
     pub(crate) servers: servers::Servers,
@@ -72,7 +76,7 @@ fn take_lock(layout: &Layout) -> Result<std::fs::File> {
         .write(true)
         .open(&path)
         .with_context(|| format!("opening the store's lock file {}", path.display()))?;
-    if !sys::try_lock_exclusive(&file).with_context(|| format!("locking {}", path.display()))? {
+    if !pgbranch_fs::sys::try_lock_exclusive(&file).with_context(|| format!("locking {}", path.display()))? {
         let text = std::fs::read_to_string(&path).unwrap_or_default();
         let holder = text.lines().next().map(str::trim).filter(|p| !p.is_empty()).unwrap_or("unknown");
         bail!(
@@ -98,12 +102,14 @@ impl Daemon {
         }
         let repo = Arc::new(Repository::open(&layout.data()).with_context(|| format!("opening the store in {}", layout.root.display()))?);
         let servers = servers::Servers::open(&layout.data(), &layout.run_dir())?;
+        let space = Arc::new(SpaceGuard::new(&layout.data(), space::FULL_MARGIN));
         let daemon = Arc::new(Daemon {
             servers,
             layout,
             repo,
             mounts: Mutex::new(BTreeMap::new()),
             signal: Arc::new(CommitSignal::new(DIRTY_SOFT_LIMIT)),
+            space,
             started: Instant::now(),
             owner,
             logical: Mutex::new(None),
@@ -191,7 +197,7 @@ impl Daemon {
         fuse::clear_stale(&path).ok();
         std::fs::create_dir_all(&path).with_context(|| format!("creating mount point {}", path.display()))?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o700))?;
-        let mounted = fuse::mount(branch, &path, self.signal.clone(), &self.layout.data())
+        let mounted = fuse::mount(branch, &path, self.signal.clone(), self.space.clone())
             .with_context(|| format!("mounting branch {name} at {}", path.display()))?;
         self.mounts.lock().insert(name.to_string(), mounted);
         Ok(())
@@ -202,7 +208,7 @@ impl Daemon {
         let Some(m) = self.mounts.lock().remove(name) else { return Ok(()) };
         let path = m.path().to_path_buf();
         // A plain unmount: it fails with EBUSY while anything is inside.
-        if let Err(err) = sys::unmount(&path, false) {
+        if let Err(err) = pgbranch_fs::sys::unmount(&path, false) {
             self.mounts.lock().insert(name.to_string(), m);
             if err.raw_os_error() == Some(libc::EBUSY) {
                 bail!(

@@ -18,11 +18,14 @@ use std::path::{Path, PathBuf};
 
 use pgbranch_fs::block::BLOCK_SIZE;
 use pgbranch_fs::catalog::BranchRecord;
+use pgbranch_fs::sys::statvfs;
 
 use crate::api::{LogSpace, StoreSpace};
 
 /// Below this many free bytes the store counts as full: a branch at the writers' dirty
-/// limit (4 x the soft limit) could not be committed into a new pack.
+/// limit (4 x the soft limit) could not be committed into a new pack. Below it, writes
+/// that grow a file get ENOSPC, writes inside a file's size go on
+/// ([`pgbranch_fs::space`]).
 pub const FULL_MARGIN: u64 = super::DIRTY_SOFT_LIMIT * 4 * BLOCK_SIZE as u64;
 
 /// The size of the emergency reserve.
@@ -39,7 +42,7 @@ pub fn keep_reserve(data: &Path) -> std::io::Result<bool> {
     if path.exists() {
         return Ok(false);
     }
-    let (_, free) = crate::sys::statvfs(data)?;
+    let free = statvfs(data)?.available_bytes;
     if free < FULL_MARGIN + 2 * RESERVE_BYTES {
         return Ok(false);
     }
@@ -65,7 +68,7 @@ pub fn keep_reserve(data: &Path) -> std::io::Result<bool> {
 /// Gives the reserve back to the filesystem if the disk is full. Returns whether it did.
 pub fn release_reserve_if_full(data: &Path) -> std::io::Result<bool> {
     let path = reserve_path(data);
-    if !path.exists() || crate::sys::statvfs(data)?.1 >= FULL_MARGIN {
+    if !path.exists() || statvfs(data)?.available_bytes >= FULL_MARGIN {
         return Ok(false);
     }
     std::fs::remove_file(&path)?;
@@ -84,7 +87,8 @@ fn allocated(path: &Path) -> u64 {
 
 /// Measures the store whose data directory is `data`, naming logs after `records`.
 pub fn measure(data: &Path, records: &[BranchRecord]) -> std::io::Result<StoreSpace> {
-    let (fs_total_bytes, fs_free_bytes) = crate::sys::statvfs(data)?;
+    let fs = statvfs(data)?;
+    let (fs_total_bytes, fs_free_bytes) = (fs.total_bytes, fs.available_bytes);
     let names: HashMap<String, &str> = records.iter().map(|r| (r.id.to_string(), r.name.as_str())).collect();
     let mut intent_logs: Vec<LogSpace> = std::fs::read_dir(data.join("logs"))
         .into_iter()

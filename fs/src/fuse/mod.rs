@@ -28,6 +28,7 @@ use crate::branch::Branch;
 use crate::commit_signal::CommitSignal;
 use crate::node::Time;
 use crate::op::{NewKind, Op, SetAttr};
+use crate::space::SpaceGuard;
 use crate::tree::{BlockSource, Content, Errno, FsResult, Tree};
 
 pub use mount::{clear_stale, mount, Mounted};
@@ -43,8 +44,8 @@ pub(crate) struct BranchFs {
     signal: Arc<CommitSignal>,
     next_fh: AtomicU64,
     dirs: Mutex<HashMap<u64, DirListing>>,
-    /// A path on the disk under the store, for statfs.
-    space_path: std::path::PathBuf,
+    /// The disk under the store: statfs, and the margin kept when it runs low.
+    space: Arc<SpaceGuard>,
 }
 
 fn ferr(e: Errno) -> FErrno {
@@ -59,8 +60,8 @@ fn name_bytes(name: &OsStr) -> FsResult<Vec<u8>> {
 }
 
 impl BranchFs {
-    pub fn new(branch: Arc<Branch>, signal: Arc<CommitSignal>, space_path: &Path) -> BranchFs {
-        BranchFs { branch, signal, next_fh: AtomicU64::new(1), dirs: Mutex::new(HashMap::new()), space_path: space_path.to_path_buf() }
+    pub fn new(branch: Arc<Branch>, signal: Arc<CommitSignal>, space: Arc<SpaceGuard>) -> BranchFs {
+        BranchFs { branch, signal, next_fh: AtomicU64::new(1), dirs: Mutex::new(HashMap::new()), space }
     }
 
     fn attr_of(&self, ino: u64) -> FsResult<fuser::FileAttr> {
@@ -389,8 +390,12 @@ impl Filesystem for BranchFs {
                 setattr_op(tree, ino.0, SetAttr { mode: Some(mode & !(libc::S_ISUID | libc::S_ISGID)), ..Default::default() })
             });
         }
+        let growth_refused = self.space.growth_refused();
         let r = self.branch.update(|tree| {
-            tree.inode(ino.0)?;
+            let size = tree.inode(ino.0)?.size();
+            if growth_refused && offset.saturating_add(data.len() as u64) > size {
+                return Err(Errno(libc::ENOSPC));
+            }
             Ok((Op::Write { ino: ino.0, offset, data: data.to_vec(), now: Time::now() }, ()))
         });
         match r {
@@ -475,20 +480,20 @@ impl Filesystem for BranchFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        // Report the space of the disk under the store: that is what writes consume.
-        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-        let path = std::ffi::CString::new(self.space_path.as_os_str().as_bytes()).unwrap_or_default();
-        if unsafe { libc::statvfs(path.as_ptr(), &mut st) } != 0 {
+        // Report the space of the disk under the store (that is what writes consume),
+        // less the margin kept for overwrites and commits: `df` shows a branch full
+        // when growth is refused.
+        let Ok(st) = crate::sys::statvfs(self.space.path()) else {
             return reply.statfs(1 << 30, 1 << 29, 1 << 29, 1 << 30, 1 << 29, BLOCK_SIZE as u32, 255, BLOCK_SIZE as u32);
-        }
-        let scale = (st.f_frsize as u64).max(1);
-        let to_blocks = |n: u64| n * scale / BLOCK_SIZE as u64;
+        };
+        let margin = self.space.margin();
+        let to_blocks = |n: u64| n / BLOCK_SIZE as u64;
         reply.statfs(
-            to_blocks(st.f_blocks),
-            to_blocks(st.f_bfree),
-            to_blocks(st.f_bavail),
-            st.f_files.max(1 << 20),
-            st.f_ffree.max(1 << 19),
+            to_blocks(st.total_bytes),
+            to_blocks(st.free_bytes.saturating_sub(margin)),
+            to_blocks(st.available_bytes.saturating_sub(margin)),
+            st.total_inodes.max(1 << 20),
+            st.free_inodes.max(1 << 19),
             BLOCK_SIZE as u32,
             255,
             BLOCK_SIZE as u32,
@@ -572,8 +577,12 @@ impl Filesystem for BranchFs {
     }
 
     fn fallocate(&self, _req: &Request, ino: INodeNo, _fh: FileHandle, offset: u64, length: u64, mode: i32, reply: ReplyEmpty) {
+        let growth_refused = self.space.growth_refused() && mode & libc::FALLOC_FL_PUNCH_HOLE == 0;
         let r = self.branch.update(|tree| {
-            tree.inode(ino.0)?;
+            let size = tree.inode(ino.0)?.size();
+            if growth_refused && offset.saturating_add(length) > size {
+                return Err(Errno(libc::ENOSPC));
+            }
             Ok((Op::Fallocate { ino: ino.0, offset, len: length, mode, now: Time::now() }, ()))
         });
         match r {

@@ -1,8 +1,6 @@
 //! Mounting a branch, unmounting it (refusing while in use), and clearing stale mounts.
 
-use std::ffi::CString;
 use std::io;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -11,6 +9,8 @@ use fuser::{BackgroundSession, Config, MountOption, SessionACL};
 use super::BranchFs;
 use crate::branch::Branch;
 use crate::commit_signal::CommitSignal;
+use crate::space::SpaceGuard;
+use crate::sys::unmount as umount;
 
 /// A mounted branch; dropping it unmounts lazily.
 pub struct Mounted {
@@ -33,7 +33,7 @@ fn threads_per_mount() -> usize {
 /// Read-only snapshots are read rarely and never wait on fsync.
 const THREADS_PER_SNAPSHOT: usize = 2;
 
-pub fn mount(branch: Arc<Branch>, path: &Path, signal: Arc<CommitSignal>, space_path: &Path) -> io::Result<Mounted> {
+pub fn mount(branch: Arc<Branch>, path: &Path, signal: Arc<CommitSignal>, space: Arc<SpaceGuard>) -> io::Result<Mounted> {
     let read_only = branch.read_only();
     let mut options = vec![
         MountOption::FSName(format!("pgbranch:{}", branch.name)),
@@ -49,7 +49,7 @@ pub fn mount(branch: Arc<Branch>, path: &Path, signal: Arc<CommitSignal>, space_
     config.acl = SessionACL::All;
     config.n_threads = Some(if read_only { THREADS_PER_SNAPSHOT } else { threads_per_mount() });
     config.clone_fd = true;
-    let fs = BranchFs::new(branch, signal, space_path);
+    let fs = BranchFs::new(branch, signal, space);
     let session = fuser::Session::new(fs, path, &config)?.spawn()?;
     Ok(Mounted { session: Some(session), path: path.to_path_buf() })
 }
@@ -61,7 +61,7 @@ impl Mounted {
 
     /// Unmounts; fails with EBUSY while any process has a file or cwd inside.
     pub fn unmount(mut self) -> io::Result<()> {
-        umount(&self.path, 0)?;
+        umount(&self.path, false)?;
         if let Some(s) = self.session.take() {
             let _ = s.join();
         }
@@ -72,18 +72,10 @@ impl Mounted {
 impl Drop for Mounted {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
-            let _ = umount(&self.path, libc::MNT_DETACH);
+            let _ = umount(&self.path, true);
             drop(s);
         }
     }
-}
-
-fn umount(path: &Path, flags: i32) -> io::Result<()> {
-    let c = CString::new(path.as_os_str().as_bytes()).map_err(|_| io::Error::from(io::ErrorKind::InvalidInput))?;
-    if unsafe { libc::umount2(c.as_ptr(), flags) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 /// True if `path` is a mount point according to /proc/self/mounts.
@@ -96,7 +88,7 @@ pub(crate) fn is_mounted(path: &Path) -> bool {
 /// Detaches a mount left behind by a daemon that died, so the path can be reused.
 pub fn clear_stale(path: &Path) -> io::Result<bool> {
     if is_mounted(path) {
-        umount(path, libc::MNT_DETACH)?;
+        umount(path, true)?;
         return Ok(true);
     }
     Ok(false)

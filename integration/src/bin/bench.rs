@@ -222,7 +222,7 @@ fn proc_cpu_secs(pid: i32) -> f64 {
     let rest = stat.rsplit(')').next().unwrap_or("");
     let f: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = pgbranch_integration::sys::clock_ticks_per_sec();
     // After ")": state(0) ppid(1) ... utime is field 14 overall -> index 11 here.
     (ticks(11) + ticks(12)) / hz
 }
@@ -233,7 +233,7 @@ fn machine_cpu() -> (f64, f64) {
     let line = stat.lines().next().unwrap_or("");
     let v: Vec<f64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     let g = |i: usize| v.get(i).copied().unwrap_or(0.0);
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = pgbranch_integration::sys::clock_ticks_per_sec();
     let busy = g(0) + g(1) + g(2) + g(5) + g(6);
     let total: f64 = v.iter().take(8).sum();
     (busy / hz, total / hz)
@@ -241,7 +241,7 @@ fn machine_cpu() -> (f64, f64) {
 
 /// CPU seconds of a postmaster and every backend it has (self, live children, reaped children).
 fn postmaster_cpu_secs(pid: i32) -> f64 {
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let hz = pgbranch_integration::sys::clock_ticks_per_sec();
     let fields = |p: i32| -> Vec<f64> {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat")).unwrap_or_default();
         let rest = stat.rsplit(')').next().unwrap_or("").to_string();
@@ -265,10 +265,7 @@ fn postmaster_cpu_secs(pid: i32) -> f64 {
 
 /// CPU of the children this process has waited for (pgbench, psql).
 fn waited_children_cpu_secs() -> f64 {
-    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru) };
-    let tv = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
-    tv(ru.ru_utime) + tv(ru.ru_stime)
+    pgbranch_integration::sys::waited_children_cpu_secs()
 }
 
 /// Where the machine's CPU went during one measured run.
@@ -770,7 +767,7 @@ trait WaitKilled {
 impl WaitKilled for Background {
     fn wait_killed(mut self) -> String {
         if let Some(c) = self.child.as_mut() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+            let _ = pgbranch_integration::sys::kill(c.id() as i32, libc::SIGINT);
         }
         let out = self.wait();
         let s = String::from_utf8_lossy(&out.stdout).to_string();
@@ -1092,10 +1089,7 @@ fn run_section<T>(rep: &mut Report, what: &str, f: impl FnOnce(&mut Report) -> R
 fn main() -> Result<()> {
     T0.get_or_init(Instant::now);
     let cfg = Cfg::parse()?;
-    unsafe {
-        libc::signal(libc::SIGINT, on_signal as *const () as usize);
-        libc::signal(libc::SIGTERM, on_signal as *const () as usize);
-    }
+    pgbranch_integration::sys::on_interrupt(on_signal);
     let started_unix = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let started = Instant::now();
     let bin = pgbranch_bin();

@@ -147,10 +147,10 @@ impl SchemaArchive {
                 message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
             });
         }
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
-        unsafe {
-            libc::chown(c.as_ptr(), target.owner.uid, target.owner.gid);
-        }
+        std::os::unix::fs::chown(&path, Some(target.owner.uid), Some(target.owner.gid)).map_err(|e| SchemaError::Tool {
+            what: format!("giving the schema dump {} to the target's owner", path.display()),
+            message: e.to_string(),
+        })?;
         Ok(SchemaArchive { path })
     }
 

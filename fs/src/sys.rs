@@ -1,0 +1,110 @@
+//! The filesystem-level calls the store makes through libc, each behind a safe
+//! function: every `unsafe` block of the crate is here. The CLI uses them too (one
+//! unmount, one lock, one statvfs for the whole program).
+
+use std::ffi::CString;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+fn c_path(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: a path with a NUL byte", path.display())))
+}
+
+/// What statvfs says of the filesystem holding a path, in bytes and inodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FsSpace {
+    pub total_bytes: u64,
+    pub free_bytes: u64,
+    /// Free to unprivileged users (free minus the root reserve): what writes can use.
+    pub available_bytes: u64,
+    pub total_inodes: u64,
+    pub free_inodes: u64,
+}
+
+/// statvfs of `path`.
+pub fn statvfs(path: &Path) -> io::Result<FsSpace> {
+    let c = c_path(path)?;
+    // SAFETY: all-zero is a valid statvfs (plain integers).
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a NUL-terminated path and `st` a writable statvfs; both outlive the call.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let unit = st.f_frsize.max(1);
+    Ok(FsSpace {
+        total_bytes: st.f_blocks * unit,
+        free_bytes: st.f_bfree * unit,
+        available_bytes: st.f_bavail * unit,
+        total_inodes: st.f_files,
+        free_inodes: st.f_ffree,
+    })
+}
+
+/// Unmounts `path`: a plain unmount (fails with EBUSY while anything uses it), or a
+/// lazy one (detached now, released when the last user goes).
+pub fn unmount(path: &Path, lazy: bool) -> io::Result<()> {
+    let c = c_path(path)?;
+    let flags = if lazy { libc::MNT_DETACH } else { 0 };
+    // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
+    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Takes an exclusive `flock` on `file` without waiting; false if another process
+/// holds it. Released by [`unlock`] or when the file is closed.
+pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
+    // SAFETY: the descriptor is owned by `file`, open for the duration of the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let err = io::Error::last_os_error();
+    if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(false)
+    } else {
+        Err(err)
+    }
+}
+
+/// Releases a lock taken by [`try_lock_exclusive`].
+pub fn unlock(file: &std::fs::File) -> io::Result<()> {
+    // SAFETY: the descriptor is owned by `file`, open for the duration of the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_exclusive_lock_is_refused_until_the_first_is_released() {
+        let path = std::env::temp_dir().join(format!("pgbranch-fs-sys-lock-{}", std::process::id()));
+        let a = std::fs::File::create(&path).unwrap();
+        let b = std::fs::File::open(&path).unwrap();
+        assert!(try_lock_exclusive(&a).unwrap());
+        assert!(!try_lock_exclusive(&b).unwrap());
+        unlock(&a).unwrap();
+        assert!(try_lock_exclusive(&b).unwrap());
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn unmounting_what_is_not_a_mount_fails() {
+        assert!(unmount(&std::env::temp_dir(), false).is_err());
+    }
+
+    #[test]
+    fn statvfs_sees_a_real_filesystem() {
+        let s = statvfs(&std::env::temp_dir()).unwrap();
+        assert!(s.total_bytes > 0 && s.available_bytes <= s.free_bytes && s.free_bytes <= s.total_bytes, "{s:?}");
+        assert!(statvfs(Path::new("/no/such/dir")).is_err());
+    }
+}
