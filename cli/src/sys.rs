@@ -44,7 +44,6 @@ pub(crate) fn user_ids(name: &str) -> Option<(u32, u32)> {
     }
 }
 
-
 /// Runs `f` with the process umask set to `mask` (then restores it): for a socket
 /// that must never exist with wider permissions, even for an instant.
 pub(crate) fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
@@ -55,7 +54,6 @@ pub(crate) fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
     unsafe { libc::umask(old) };
     out
 }
-
 
 /// Sends `signal` to `pid` (signal 0: only checks that it exists).
 pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
@@ -90,7 +88,6 @@ pub(crate) fn trim_malloc() {
         libc::malloc_trim(0);
     }
 }
-
 
 #[cfg(test)]
 mod tests {

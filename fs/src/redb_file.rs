@@ -44,7 +44,10 @@ impl DurableGrowFile {
     pub fn open(path: &Path) -> io::Result<DurableGrowFile> {
         let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(path)?;
         if !crate::sys::try_lock_exclusive(&file)? {
-            return Err(io::Error::new(io::ErrorKind::WouldBlock, format!("{} is locked by another process", path.display())));
+            return Err(io::Error::new(
+                io::ErrorKind::WouldBlock,
+                format!("{} is locked: another open of this store (a daemon or a verb) holds it", path.display()),
+            ));
         }
         Ok(DurableGrowFile { file })
     }

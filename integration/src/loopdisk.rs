@@ -100,7 +100,10 @@ impl Drop for LoopDisk {
 /// 1 KiB for an image under 512 MiB, its "small" type); no reserved blocks; the journal and inode tables initialised now, not lazily in
 /// the background (which would write while a fault test runs).
 pub fn format_ext4(image: &Path) {
-    run(Command::new("mkfs.ext4").args(["-q", "-F", "-b", "4096", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0"]).arg(image), "mkfs.ext4");
+    run(
+        Command::new("mkfs.ext4").args(["-q", "-F", "-b", "4096", "-m", "0", "-E", "lazy_itable_init=0,lazy_journal_init=0"]).arg(image),
+        "mkfs.ext4",
+    );
 }
 
 /// Unmounts and detaches the loop disks of test runs whose process is gone.

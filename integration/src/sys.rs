@@ -83,8 +83,8 @@ pub fn with_shared_mmap(f: &File, len: usize, with: impl FnOnce(&mut [u8])) -> i
 /// Whether this process may set up an io_uring instance (kernel, sysctl and seccomp allowing).
 pub fn io_uring_available() -> io::Result<()> {
     let mut params = [0u8; 120]; // struct io_uring_params, zeroed
-    // SAFETY: io_uring_setup with 4 entries and a zeroed, writable params struct of the
-    // kernel's size; the returned descriptor is closed at once.
+                                 // SAFETY: io_uring_setup with 4 entries and a zeroed, writable params struct of the
+                                 // kernel's size; the returned descriptor is closed at once.
     let fd = unsafe { libc::syscall(libc::SYS_io_uring_setup, 4u32, params.as_mut_ptr()) };
     if fd < 0 {
         return Err(io::Error::last_os_error());

@@ -233,7 +233,6 @@ fn io_uring_support(bin: &PgBin) -> Result<(), String> {
     })
 }
 
-
 /// The masked follower with the seed's config on a source of `major`; main runs the
 /// same major (found here), and says so.
 fn masked(major: u32, bin: &PgBin) {

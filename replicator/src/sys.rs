@@ -30,7 +30,8 @@ unsafe fn copy_passwd(pw: *const libc::passwd) -> Option<Passwd> {
     // SAFETY: non-null, valid by the caller's contract; its strings are copied at once.
     let pw = unsafe { &*pw };
     // SAFETY: passwd strings are valid NUL-terminated C strings (or null, checked).
-    let text = |p: *const libc::c_char| if p.is_null() { String::new() } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned() };
+    let text =
+        |p: *const libc::c_char| if p.is_null() { String::new() } else { unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned() };
     Some(Passwd { uid: pw.pw_uid, gid: pw.pw_gid, name: text(pw.pw_name), home: PathBuf::from(text(pw.pw_dir)) })
 }
 
