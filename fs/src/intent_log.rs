@@ -41,6 +41,9 @@ struct Segment {
     seq: u64,
     file: Arc<File>,
     len: u64,
+    /// The offset up to which this segment is known durable (an fdatasync covering it
+    /// returned); every record carries it, so replay can tell damage from a torn tail.
+    durable: u64,
 }
 
 /// Old segments kept for reuse.
@@ -110,11 +113,20 @@ pub fn read_ops(dir: &Path, from: u64) -> Result<Vec<Op>, LogError> {
         let bytes = std::fs::read(&path).map_err(|source| LogError::Io { path: path.clone(), source })?;
         let damaged = |offset: usize, source| LogError::Damaged { path: path.clone(), offset: offset as u64, source };
         let header = bytes.get(..SEGMENT_HEADER_LEN as usize).unwrap_or(&bytes);
-        wire::check_segment_header(header, seq).map_err(|e| damaged(0, e))?;
+        let version = wire::check_segment_header(header, seq).map_err(|e| damaged(0, e))?;
         let mut pos = SEGMENT_HEADER_LEN as usize;
-        while let Some((op, len)) = wire::read_record(seq, &bytes[pos..]).map_err(|e| damaged(pos, e))? {
+        while let Some((op, len)) = wire::read_record(version, seq, &bytes[pos..]).map_err(|e| damaged(pos, e))? {
             ops.push(op);
             pos += len;
+        }
+        if let Some(later) = wire::durable_record_after(version, seq, &bytes, pos) {
+            return Err(damaged(
+                pos,
+                FormatError::malformed(
+                    "intent-log record",
+                    format!("it fails its checksum, but the record at byte {later} was appended after this one was durable (its fsync had returned)"),
+                ),
+            ));
         }
     }
     Ok(ops)
@@ -160,7 +172,7 @@ impl IntentLog {
         file.sync_data()?;
         std::fs::rename(source, &path)?;
         sync_dir(dir)?;
-        Ok(Segment { seq, file: Arc::new(file), len: SEGMENT_HEADER_LEN })
+        Ok(Segment { seq, file: Arc::new(file), len: SEGMENT_HEADER_LEN, durable: SEGMENT_HEADER_LEN })
     }
 
     /// Appends one op. Callers hold the branch lock, so log order is apply order.
@@ -171,7 +183,7 @@ impl IntentLog {
     /// also fails is the log's state unknown ([`AppendFailed::log_intact`] false).
     pub fn append(&self, op: &Op) -> Result<Appended, AppendFailed> {
         let mut seg = self.current.lock();
-        let record = wire::encode_record(seg.seq, op)
+        let record = wire::encode_record(seg.seq, seg.durable, op)
             .map_err(|e| AppendFailed { error: io::Error::new(io::ErrorKind::InvalidInput, e), log_intact: true })?;
         if let Err(error) = seg.file.write_all_at(&record, seg.len) {
             let log_intact = seg.file.set_len(seg.len).is_ok();
@@ -208,12 +220,16 @@ impl IntentLog {
         if *synced >= target {
             return Ok(());
         }
-        let (file, upto) = {
+        let (file, upto, seq, seg_len) = {
             let seg = self.current.lock();
-            (seg.file.clone(), *self.appended.lock())
+            (seg.file.clone(), *self.appended.lock(), seg.seq, seg.len)
         };
         file.sync_data()?;
         *synced = upto;
+        let mut seg = self.current.lock();
+        if seg.seq == seq {
+            seg.durable = seg.durable.max(seg_len);
+        }
         Ok(())
     }
 
@@ -285,9 +301,64 @@ mod tests {
         let path = segment_path(dir.path(), seq3);
         let full = read_ops(dir.path(), seq3).unwrap().len();
         let f = OpenOptions::new().write(true).open(&path).unwrap();
-        let rec_len = wire::encode_record(seq3, &write_op(0)).unwrap().len() as u64;
+        let rec_len = wire::encode_record(seq3, 0, &write_op(0)).unwrap().len() as u64;
         f.write_all_at(&[0xff], SEGMENT_HEADER_LEN + 2 * rec_len - 1).unwrap();
         assert_eq!(full, 2);
         assert_eq!(offsets(&read_ops(dir.path(), seq3).unwrap()), vec![100]);
+    }
+
+    /// Three records, the first two covered by an fsync before the third was appended;
+    /// the first record's body is then damaged. Returns the dir, the segment and the
+    /// record length.
+    fn damaged_first_record(sync_between: bool) -> (tempfile::TempDir, u64, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let log = IntentLog::open(dir.path()).unwrap();
+        let seq = log.current.lock().seq;
+        log.append(&write_op(1)).unwrap();
+        log.append(&write_op(2)).unwrap();
+        if sync_between {
+            log.sync().unwrap();
+        }
+        log.append(&write_op(3)).unwrap();
+        log.sync().unwrap();
+        drop(log);
+        let rec_len = wire::encode_record(seq, 0, &write_op(0)).unwrap().len() as u64;
+        let f = OpenOptions::new().write(true).open(segment_path(dir.path(), seq)).unwrap();
+        f.write_all_at(&[0xee], SEGMENT_HEADER_LEN + 100).unwrap();
+        (dir, seq, rec_len)
+    }
+
+    #[test]
+    fn a_damaged_record_that_had_been_durable_is_an_error_not_a_torn_tail() {
+        let (dir, seq, rec_len) = damaged_first_record(true);
+        let err = read_ops(dir.path(), seq).unwrap_err().to_string();
+        assert!(err.contains(&format!("damaged at byte {SEGMENT_HEADER_LEN}")), "{err}");
+        assert!(err.contains(&format!("the record at byte {}", SEGMENT_HEADER_LEN + 2 * rec_len)), "{err}");
+    }
+
+    #[test]
+    fn a_torn_record_before_others_never_synced_ends_replay_quietly() {
+        // No fsync returned between the records: after a power loss their pages may
+        // land in any order, and none of them was acknowledged.
+        let (dir, seq, _) = damaged_first_record(false);
+        assert_eq!(read_ops(dir.path(), seq).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn version_1_segments_still_replay() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut bytes = crate::format::encode_header(wire::SEGMENT_MAGIC, 1, &7u64.to_le_bytes());
+        for i in [4u64, 5] {
+            let mut body = Vec::new();
+            wire::encode_op(&write_op(i), &mut body).unwrap();
+            let mut h = crc32fast::Hasher::new();
+            h.update(&7u64.to_le_bytes());
+            h.update(&body);
+            bytes.extend_from_slice(&(body.len() as u32).to_le_bytes());
+            bytes.extend_from_slice(&h.finalize().to_le_bytes());
+            bytes.extend_from_slice(&body);
+        }
+        std::fs::write(segment_path(dir.path(), 7), &bytes).unwrap();
+        assert_eq!(offsets(&read_ops(dir.path(), 7).unwrap()), vec![4, 5]);
     }
 }

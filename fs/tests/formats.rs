@@ -105,16 +105,42 @@ fn a_log_record_with_a_valid_crc_that_does_not_decode_names_file_and_offset() {
     let offset = std::fs::metadata(&path).unwrap().len();
     // A well-framed record (its crc holds) whose op tag no pgbranch has written.
     let body = [0x7fu8, 1, 2, 3];
+    let durable = 0u64;
     let mut crc = crc32fast::Hasher::new();
     crc.update(&seq.to_le_bytes());
+    crc.update(&durable.to_le_bytes());
     crc.update(&body);
     let mut record = (body.len() as u32).to_le_bytes().to_vec();
     record.extend_from_slice(&crc.finalize().to_le_bytes());
+    record.extend_from_slice(&durable.to_le_bytes());
     record.extend_from_slice(&body);
     OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&record, offset).unwrap();
     let err = open_err(dir.path());
     let want = format!("intent log {} is damaged at byte {offset}: op is malformed: unknown op tag 127", path.display());
     assert!(err.contains(&want) && err.contains("cannot open branch a"), "{err}");
+}
+
+#[test]
+fn a_damaged_log_record_that_had_been_fsynced_is_refused_not_dropped_with_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let repo = Repository::open(dir.path()).unwrap();
+        let b = repo.create_empty("a", 0, 0).unwrap();
+        repo.commit_all().unwrap();
+        let ino = create_file(&repo, "a", "f");
+        write(&repo, "a", ino, 0, &pattern(2, 100));
+        b.sync().unwrap();
+        // A write after the first one's fsync returned: its record says so.
+        write(&repo, "a", ino, BLOCK as u64, &pattern(3, 100));
+        b.sync().unwrap();
+    }
+    let (path, _) = live_segment(dir.path());
+    let first = pgbranch_fs::format::log::SEGMENT_HEADER_LEN;
+    // Bit rot in the first record's body (the create op's name).
+    OpenOptions::new().write(true).open(&path).unwrap().write_all_at(&[0xee], first + 20).unwrap();
+    let err = open_err(dir.path());
+    assert!(err.contains(&format!("intent log {} is damaged at byte {first}", path.display())), "{err}");
+    assert!(err.contains("appended after this one was durable"), "{err}");
 }
 
 #[test]

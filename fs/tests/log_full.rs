@@ -35,7 +35,7 @@ fn log_segment(dir: &Path) -> PathBuf {
 /// Bytes a segment holding these ops takes: its header, then each record.
 fn record_bytes(ops: &[Op]) -> u64 {
     pgbranch_fs::format::log::SEGMENT_HEADER_LEN
-        + ops.iter().map(|op| pgbranch_fs::format::log::encode_record(1, op).unwrap().len() as u64).sum::<u64>()
+        + ops.iter().map(|op| pgbranch_fs::format::log::encode_record(1, 0, op).unwrap().len() as u64).sum::<u64>()
 }
 
 #[test]

@@ -69,7 +69,7 @@ impl LoopDisk {
     }
 
     /// Bytes free on the filesystem, as `statvfs` reports to an unprivileged user.
-    pub fn free_bytes(&self) -> u64 {
+    pub fn available_bytes(&self) -> u64 {
         pgbranch_fs::sys::statvfs(&self.mountpoint).unwrap_or_else(|e| panic!("statvfs {}: {e}", self.mountpoint.display())).available_bytes
     }
 

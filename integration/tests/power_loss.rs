@@ -305,7 +305,6 @@ fn postmasters_under(dir: &Path) -> Vec<i32> {
 ///
 /// `PGBRANCH_POWER_LOSS_PG_CYCLES` (default 3) sets the number of crash points.
 #[test]
-#[ignore = "written at the deadline and not run yet: run it with --ignored before relying on it"]
 fn power_loss_keeps_every_acknowledged_postgres_commit() {
     let cycles = env_u64("PGBRANCH_POWER_LOSS_PG_CYCLES", 3);
     let seed =

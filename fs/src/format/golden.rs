@@ -115,7 +115,7 @@ fn records() -> Vec<(&'static str, Vec<u8>)> {
         ("pack_header", pack::pack_header()),
         ("pack_record_header", pack::record_header(&h(7), 300).to_vec()),
         ("segment_header", log::segment_header(5)),
-        ("log_record", log::encode_record(5, &Op::Write { ino: 2, offset: 0, data: vec![1], now: T }).unwrap()),
+        ("log_record", log::encode_record(5, 24, &Op::Write { ino: 2, offset: 0, data: vec![1], now: T }).unwrap()),
         ("codec_raw", block::encode(b"ab")),
     ]
 }
@@ -125,8 +125,8 @@ const RECORDS: &[(&str, &str)] = &[
     ("catalog_snapshot", "01046d61696e030106060606060606060606060606060606060606060606060606060606060606060c01046d61696e80c49fd50c"),
     ("pack_header", "504742525041434b0100000096d53fd7"),
     ("pack_record_header", "07070707070707070707070707070707070707070707070707070707070707072c010000"),
-    ("segment_header", "504742524c4f47000100000005000000000000009802b11c"),
-    ("log_record", "1e000000b6f03378010200000000000000000000000000000000f15365000000000700000001"),
+    ("segment_header", "504742524c4f470002000000050000000000000068d02f6b"),
+    ("log_record", "1e0000002299c06c1800000000000000010200000000000000000000000000000000f15365000000000700000001"),
     ("codec_raw", "006162"),
 ];
 

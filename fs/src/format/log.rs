@@ -2,7 +2,12 @@
 //!
 //! Header: `"PGBRLOG\0" | version u32 LE | seq u64 LE | crc32 u32 LE` (crc of the 20
 //! bytes before it); `seq` must equal the number in the segment's file name.
-//! Record: `body length u32 LE | crc32(seq u64 LE ‖ body) u32 LE | body`, the body
+//! Record (version 2): `body length u32 LE | crc32(seq u64 LE ‖ durable u64 LE ‖ body)
+//! u32 LE | durable u64 LE | body`, where `durable` is the segment offset up to which
+//! the segment was known durable (an fdatasync of it had returned) when the record was
+//! appended: a record that fails its crc below a later record's `durable` is damage,
+//! not a torn tail. Version 1 (still replayed) had no `durable`: `length | crc32(seq ‖
+//! body) | body`. The body
 //! one [`Op`]: `tag u8` (see [`super::tags`]), then for a write a flat layout (`ino u64
 //! LE | offset u64 LE | secs i64 LE | nanos u32 LE | data`), for every other op the
 //! postcard encoding of its fields, in the order listed in [`encode_op`].
@@ -11,65 +16,122 @@ use serde::de::SeqAccess;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::tags::*;
-use super::{decode_header, encode_header, postcard_after, postcard_exact, tagged, FormatError};
+use super::{decode_header_in, encode_header, postcard_after, postcard_exact, tagged, FormatError};
 use crate::node::Time;
 use crate::op::{NewKind, Op, SetAttr};
 
 pub const SEGMENT_MAGIC: &[u8; 8] = b"PGBRLOG\0";
-pub const SEGMENT_VERSION: u32 = 1;
+/// The version this build writes.
+pub const SEGMENT_VERSION: u32 = 2;
+/// The oldest version this build replays.
+pub const OLDEST_SEGMENT_VERSION: u32 = 1;
 pub const SEGMENT_HEADER_LEN: u64 = 24;
-/// `length | crc` before each record body.
-pub const RECORD_FRAME: usize = 8;
+/// `length | crc | durable` before each record body.
+pub const RECORD_FRAME: usize = 16;
+/// `length | crc` before each record body of a version-1 segment.
+const RECORD_FRAME_V1: usize = 8;
 const WRITE_HEADER: usize = 29;
 
 pub fn segment_header(seq: u64) -> Vec<u8> {
     encode_header(SEGMENT_MAGIC, SEGMENT_VERSION, &seq.to_le_bytes())
 }
 
-/// Checks a segment's header against the number in its file name.
-pub fn check_segment_header(bytes: &[u8], seq: u64) -> Result<(), FormatError> {
-    let extra = decode_header(bytes, SEGMENT_MAGIC, SEGMENT_VERSION, "intent-log segment")?;
+/// Checks a segment's header against the number in its file name; returns its version.
+pub fn check_segment_header(bytes: &[u8], seq: u64) -> Result<u32, FormatError> {
+    let (version, extra) = decode_header_in(bytes, SEGMENT_MAGIC, OLDEST_SEGMENT_VERSION, SEGMENT_VERSION, "intent-log segment")?;
     let mut found = [0u8; 8];
     found.copy_from_slice(extra);
     let found = u64::from_le_bytes(found);
     if found != seq {
         return Err(FormatError::malformed("intent-log segment", format!("its header says segment {found}, its file name {seq}")));
     }
-    Ok(())
+    Ok(version)
 }
 
-fn record_crc(seq: u64, body: &[u8]) -> u32 {
+fn record_crc(seq: u64, durable: Option<u64>, body: &[u8]) -> u32 {
     let mut h = crc32fast::Hasher::new();
     h.update(&seq.to_le_bytes());
+    if let Some(durable) = durable {
+        h.update(&durable.to_le_bytes());
+    }
     h.update(body);
     h.finalize()
 }
 
 /// One whole record (frame and body) for segment `seq`, in one buffer: one pwrite.
-pub fn encode_record(seq: u64, op: &Op) -> Result<Vec<u8>, FormatError> {
+/// `durable`: the offset up to which segment `seq` is known durable now.
+pub fn encode_record(seq: u64, durable: u64, op: &Op) -> Result<Vec<u8>, FormatError> {
     let mut out = vec![0u8; RECORD_FRAME];
     encode_op(op, &mut out)?;
     let body = &out[RECORD_FRAME..];
     let len = u32::try_from(body.len()).map_err(|_| FormatError::malformed("intent-log record", "op larger than 4 GiB"))?;
-    let crc = record_crc(seq, body);
+    let crc = record_crc(seq, Some(durable), body);
     out[..4].copy_from_slice(&len.to_le_bytes());
     out[4..8].copy_from_slice(&crc.to_le_bytes());
+    out[8..16].copy_from_slice(&durable.to_le_bytes());
     Ok(out)
 }
 
-/// The record at the start of `bytes` in segment `seq`: `Ok(None)` at the end of the
-/// segment's valid records (too short, zero length, body past the end, crc mismatch:
-/// a torn tail or stale bytes of a recycled file); an error when the crc holds but the
-/// body does not decode (damage, or an op written by a newer pgbranch).
-pub fn read_record(seq: u64, bytes: &[u8]) -> Result<Option<(Op, usize)>, FormatError> {
-    let Some(frame) = bytes.get(..RECORD_FRAME) else { return Ok(None) };
-    let len = u32::from_le_bytes([frame[0], frame[1], frame[2], frame[3]]) as usize;
-    let crc = u32::from_le_bytes([frame[4], frame[5], frame[6], frame[7]]);
-    let Some(body) = bytes.get(RECORD_FRAME..RECORD_FRAME + len) else { return Ok(None) };
-    if len == 0 || record_crc(seq, body) != crc {
-        return Ok(None);
+/// A record whose frame and crc hold: its body, its whole length, and (version 2) the
+/// offset its segment was durable to when it was appended.
+struct Frame<'a> {
+    body: &'a [u8],
+    len: usize,
+    durable: Option<u64>,
+}
+
+/// The frame at the start of `bytes`, if it is whole and its crc holds.
+fn frame(version: u32, seq: u64, bytes: &[u8]) -> Option<Frame<'_>> {
+    let frame_len = if version >= 2 { RECORD_FRAME } else { RECORD_FRAME_V1 };
+    let head = bytes.get(..frame_len)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    let crc = u32::from_le_bytes([head[4], head[5], head[6], head[7]]);
+    let durable =
+        (version >= 2).then(|| u64::from_le_bytes([head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15]]));
+    let body = bytes.get(frame_len..frame_len.checked_add(len)?)?;
+    if len == 0 || record_crc(seq, durable, body) != crc {
+        return None;
     }
-    Ok(Some((decode_op(body)?, RECORD_FRAME + len)))
+    Some(Frame { body, len: frame_len + len, durable })
+}
+
+/// The record at the start of `bytes` in segment `seq` (of format `version`):
+/// `Ok(None)` at the end of the segment's valid records (too short, zero length, body
+/// past the end, crc mismatch: a torn tail or stale bytes of a recycled file — unless
+/// [`durable_record_after`] says otherwise); an error when the crc holds but the body
+/// does not decode (damage, or an op written by a newer pgbranch). Returns the op and
+/// the record's whole length.
+pub fn read_record(version: u32, seq: u64, bytes: &[u8]) -> Result<Option<(Op, usize)>, FormatError> {
+    match frame(version, seq, bytes) {
+        Some(f) => Ok(Some((decode_op(f.body)?, f.len))),
+        None => Ok(None),
+    }
+}
+
+/// Replay of segment `seq` (`segment`: the whole file) ended at byte `end`. If the
+/// record there has a plausible length and a later record, chained from it, says the
+/// segment was durable past `end` when it was appended, the record at `end` had been
+/// made durable and is damaged, not torn: returns that later record's offset. A torn
+/// tail is never followed by such a record: nothing after the last fdatasync was
+/// acknowledged, and records appended after it carry its offset. Version-1 segments
+/// carry no offsets: None.
+pub fn durable_record_after(version: u32, seq: u64, segment: &[u8], end: usize) -> Option<usize> {
+    if version < 2 {
+        return None;
+    }
+    let head = segment.get(end..end + RECORD_FRAME)?;
+    let len = u32::from_le_bytes([head[0], head[1], head[2], head[3]]) as usize;
+    if len == 0 {
+        return None;
+    }
+    let mut pos = end.checked_add(RECORD_FRAME)?.checked_add(len)?;
+    while let Some(f) = frame(version, seq, segment.get(pos..)?) {
+        if f.durable.is_some_and(|d| d > end as u64) {
+            return Some(pos);
+        }
+        pos += f.len;
+    }
+    None
 }
 
 /// Appends the body of `op` to `out`.

@@ -49,15 +49,19 @@ impl FormatError {
     }
 }
 
-/// Checks a version read from disk against the newest one this build reads.
-/// Every format is at its first version, so "older" cannot happen yet; when a format
-/// changes, its reader keeps accepting the old version here.
+/// Checks a version read from disk against the one this build writes (and reads).
 pub(crate) fn check_version(what: &'static str, found: u32, supported: u32) -> Result<(), FormatError> {
-    if found > supported {
-        return Err(FormatError::TooNew { what, found, supported });
+    check_version_in(what, found, supported, supported)
+}
+
+/// Checks a version read from disk against the range this build reads: a format that
+/// changed keeps its reader for the old version, so `oldest` stays where it was.
+pub(crate) fn check_version_in(what: &'static str, found: u32, oldest: u32, newest: u32) -> Result<(), FormatError> {
+    if found > newest {
+        return Err(FormatError::TooNew { what, found, supported: newest });
     }
-    if found != supported {
-        return Err(FormatError::Unsupported { what, found, supported });
+    if found < oldest {
+        return Err(FormatError::Unsupported { what, found, supported: newest });
     }
     Ok(())
 }
@@ -95,6 +99,18 @@ pub(crate) fn encode_header(magic: &[u8; 8], version: u32, extra: &[u8]) -> Vec<
 /// Checks a header made by [`encode_header`] (`bytes` is exactly its length) and
 /// returns its `extra` bytes.
 pub(crate) fn decode_header<'a>(bytes: &'a [u8], magic: &[u8; 8], supported: u32, what: &'static str) -> Result<&'a [u8], FormatError> {
+    decode_header_in(bytes, magic, supported, supported, what).map(|(_, extra)| extra)
+}
+
+/// [`decode_header`] for a format whose versions `oldest..=newest` this build reads:
+/// returns the version found and the `extra` bytes.
+pub(crate) fn decode_header_in<'a>(
+    bytes: &'a [u8],
+    magic: &[u8; 8],
+    oldest: u32,
+    newest: u32,
+    what: &'static str,
+) -> Result<(u32, &'a [u8]), FormatError> {
     if bytes.len() < 16 || &bytes[..8] != magic {
         return Err(FormatError::BadMagic { what });
     }
@@ -103,6 +119,6 @@ pub(crate) fn decode_header<'a>(bytes: &'a [u8], magic: &[u8; 8], supported: u32
         return Err(FormatError::BadChecksum { what });
     }
     let version = u32::from_le_bytes([body[8], body[9], body[10], body[11]]);
-    check_version(what, version, supported)?;
-    Ok(&body[12..])
+    check_version_in(what, version, oldest, newest)?;
+    Ok((version, &body[12..]))
 }
