@@ -3,7 +3,6 @@
 //! unmount, flock) are `pgbranch_fs::sys`.
 
 use std::ffi::CString;
-use std::io;
 
 /// Restores the default action of SIGPIPE, so that a verb whose reader went away
 /// (`pgbranch branch list --json | head -1`) ends quietly, as Unix tools do, instead of
@@ -56,14 +55,7 @@ pub(crate) fn with_umask<T>(mask: u32, f: impl FnOnce() -> T) -> T {
 }
 
 /// Sends `signal` to `pid` (signal 0: only checks that it exists).
-pub(crate) fn kill(pid: i32, signal: i32) -> io::Result<()> {
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    if unsafe { libc::kill(pid, signal) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
+pub(crate) use pgbranch_replicator::sys::kill;
 
 /// Each FUSE worker thread allocates a 16 MiB request buffer. glibc's adaptive mmap
 /// threshold would serve later ones from recycled heap memory that calloc must zero,

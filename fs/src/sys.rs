@@ -12,6 +12,15 @@ fn c_path(path: &Path) -> io::Result<CString> {
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, format!("{}: a path with a NUL byte", path.display())))
 }
 
+/// A libc return code as a Result: 0 is success, anything else the thread's errno.
+fn rc_to_result(rc: libc::c_int) -> io::Result<()> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// What statvfs says of the filesystem holding a path, in bytes and inodes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FsSpace {
@@ -48,11 +57,7 @@ pub fn unmount(path: &Path, lazy: bool) -> io::Result<()> {
     let c = c_path(path)?;
     let flags = if lazy { libc::MNT_DETACH } else { 0 };
     // SAFETY: `c` is a valid NUL-terminated path that outlives the call.
-    if unsafe { libc::umount2(c.as_ptr(), flags) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    rc_to_result(unsafe { libc::umount2(c.as_ptr(), flags) })
 }
 
 /// Takes an exclusive `flock` on `file` without waiting; false if another process
@@ -73,11 +78,7 @@ pub fn try_lock_exclusive(file: &std::fs::File) -> io::Result<bool> {
 /// Releases a lock taken by [`try_lock_exclusive`].
 pub fn unlock(file: &std::fs::File) -> io::Result<()> {
     // SAFETY: the descriptor is owned by `file`, open for the duration of the call.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
+    rc_to_result(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) })
 }
 
 #[cfg(test)]

@@ -6,14 +6,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 /// Sends `signal` to `pid` (signal 0: only checks that it exists).
-pub fn kill(pid: i32, signal: i32) -> io::Result<()> {
-    // SAFETY: kill(2) takes plain integers and touches no memory of ours.
-    if unsafe { libc::kill(pid, signal) } == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
+pub use pgbranch_replicator::sys::kill;
 
 /// Clock ticks per second, the unit of CPU times in /proc/PID/stat.
 pub fn clock_ticks_per_sec() -> f64 {

@@ -14,7 +14,7 @@ pub mod pg_find;
 pub mod pgconf;
 pub mod pii;
 pub mod source;
-pub(crate) mod sys;
+pub mod sys;
 pub mod tablespace;
 pub mod tls;
 pub mod transform;
