@@ -65,6 +65,10 @@ fn log_errno(e: &std::io::Error) -> Errno {
 pub struct Committed {
     pub root: Hash,
     pub log_seq: u64,
+    /// When the cut was made (µs since the Unix epoch): the instant `root` shows.
+    pub cut_unix_micros: u64,
+    /// Bytes of file blocks this commit stored (what changed since the last one).
+    pub changed_bytes: u64,
 }
 
 impl Branch {
@@ -203,10 +207,12 @@ impl Branch {
         // Failed syncs up to here concern records this commit covers.
         let failures_covered = self.sync_failures.load(Ordering::SeqCst);
         let log_seq = log.rotate().map_err(|source| BranchError::Log { name: self.name.clone(), source })?;
+        let cut_unix_micros = crate::history::now_unix_micros();
         let root = tree.commit().map_err(err)?;
         drop(tree);
         store.flush().map_err(err)?;
-        let committed = Committed { root, log_seq };
+        let changed_bytes = stored.len() as u64 * crate::block::BLOCK_SIZE as u64;
+        let committed = Committed { root, log_seq, cut_unix_micros, changed_bytes };
         persist(&committed).map_err(|e| BranchError::Persist { name: self.name.clone(), message: e })?;
         *self.head.lock() = root;
         self.sync_failures_cleared.fetch_max(failures_covered, Ordering::SeqCst);

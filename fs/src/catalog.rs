@@ -13,7 +13,8 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::block::Hash;
-use crate::format::catalog::{decode_record, encode_record, BRANCHES, META, META_NEXT_ID};
+use crate::format::catalog::{decode_point, decode_record, encode_point, encode_record, BRANCHES, HISTORY, META, META_NEXT_ID, RETENTION};
+use crate::history::{self, Point};
 use crate::redb_file::{Db, DbError};
 
 /// Persisted in catalog records; tags in `format::tags`.
@@ -70,6 +71,8 @@ impl Catalog {
             let txn = db.begin_write()?;
             txn.open_table(BRANCHES)?;
             txn.open_table(META)?;
+            txn.open_table(HISTORY)?;
+            txn.open_table(RETENTION)?;
             Ok(txn.commit()?)
         })?;
         Ok(Catalog { db })
@@ -115,19 +118,135 @@ impl Catalog {
     }
 
     pub fn put(&self, rec: &BranchRecord) -> Result<(), CatalogError> {
+        self.put_head(rec, None)
+    }
+
+    /// Writes `rec` (a new head) and, when `point` is given, records it in the branch's
+    /// history and thins that history for a window of `window_secs`: one transaction,
+    /// so a crash leaves the old head and history or the new ones.
+    pub fn put_head(&self, rec: &BranchRecord, point: Option<(&Point, u64)>) -> Result<(), CatalogError> {
         let bytes = encode_record(rec).map_err(|e| CatalogError(format!("encoding the record of '{}': {e}", rec.name)))?;
+        let point = point
+            .map(|(p, window)| encode_point(p).map(|b| (p.at_unix_micros, b, window)))
+            .transpose()
+            .map_err(|e| CatalogError(format!("encoding a history point of '{}': {e}", rec.name)))?;
         Ok(self.db.run(|db| {
             let txn = db.begin_write()?;
             txn.open_table(BRANCHES)?.insert(rec.name.as_str(), bytes.as_slice())?;
+            if let Some((at, value, window)) = &point {
+                let mut table = txn.open_table(HISTORY)?;
+                table.insert((rec.id, *at), value.as_slice())?;
+                let mut times = Vec::new();
+                for item in table.range((rec.id, 0)..=(rec.id, u64::MAX))? {
+                    times.push(item?.0.value().1);
+                }
+                for t in history::to_drop(&times, *at, *window) {
+                    table.remove((rec.id, t))?;
+                }
+            }
             Ok(txn.commit()?)
         })?)
     }
 
-    pub fn remove(&self, name: &str) -> Result<(), CatalogError> {
+    /// The retained points of branch `id`, oldest first.
+    pub fn history(&self, id: u64) -> Result<Vec<Point>, CatalogError> {
+        let raw = self.db.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(HISTORY)?;
+            let mut out = Vec::new();
+            for item in table.range((id, 0)..=(id, u64::MAX))? {
+                let (k, v) = item?;
+                out.push((k.value().1, v.value().to_vec()));
+            }
+            Ok(out)
+        })?;
+        raw.iter()
+            .map(|(at, bytes)| {
+                decode_point(*at, bytes).map_err(|e| CatalogError(format!("a history point of branch id {id} in catalog.redb: {e}")))
+            })
+            .collect()
+    }
+
+    /// Every retained root of every branch (GC marks from them).
+    pub fn history_roots(&self) -> Result<Vec<Hash>, CatalogError> {
+        let raw = self.db.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(HISTORY)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                out.push((k.value(), v.value().to_vec()));
+            }
+            Ok(out)
+        })?;
+        raw.iter()
+            .map(|((id, at), bytes)| {
+                decode_point(*at, bytes).map(|p| p.root).map_err(|e| CatalogError(format!("a history point of branch id {id}: {e}")))
+            })
+            .collect()
+    }
+
+    /// The retention window of branch `id` if one was set for it.
+    pub fn retention(&self, id: u64) -> Result<Option<u64>, CatalogError> {
+        Ok(self.db.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(RETENTION)?;
+            let found = table.get(id)?.map(|v| v.value());
+            Ok(found)
+        })?)
+    }
+
+    /// Sets (or, with None, clears back to the store's default) the window of `id`.
+    pub fn set_retention(&self, id: u64, window_secs: Option<u64>) -> Result<(), CatalogError> {
         Ok(self.db.run(|db| {
             let txn = db.begin_write()?;
-            txn.open_table(BRANCHES)?.remove(name)?;
+            {
+                let mut table = txn.open_table(RETENTION)?;
+                match window_secs {
+                    Some(w) => table.insert(id, w).map(|_| ())?,
+                    None => table.remove(id).map(|_| ())?,
+                }
+            }
             Ok(txn.commit()?)
         })?)
     }
+
+    /// Forgets branch `name` (id `id`) with its history and retention, in one transaction.
+    pub fn remove(&self, name: &str, id: u64) -> Result<(), CatalogError> {
+        Ok(self.db.run(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(BRANCHES)?.remove(name)?;
+            forget_history(&txn, id)?;
+            Ok(txn.commit()?)
+        })?)
+    }
+
+    /// Replaces a branch's record by `rec` (a new id, as `branch reset` makes) and
+    /// drops the history of `old_id`, keeping its retention setting: one transaction.
+    pub fn replace(&self, rec: &BranchRecord, old_id: u64) -> Result<(), CatalogError> {
+        let bytes = encode_record(rec).map_err(|e| CatalogError(format!("encoding the record of '{}': {e}", rec.name)))?;
+        Ok(self.db.run(|db| {
+            let txn = db.begin_write()?;
+            txn.open_table(BRANCHES)?.insert(rec.name.as_str(), bytes.as_slice())?;
+            let window = txn.open_table(RETENTION)?.get(old_id)?.map(|v| v.value());
+            forget_history(&txn, old_id)?;
+            if let Some(w) = window {
+                txn.open_table(RETENTION)?.insert(rec.id, w)?;
+            }
+            Ok(txn.commit()?)
+        })?)
+    }
+}
+
+fn forget_history(txn: &redb::WriteTransaction, id: u64) -> Result<(), redb::Error> {
+    let mut table = txn.open_table(HISTORY)?;
+    let mut times = Vec::new();
+    for item in table.range((id, 0)..=(id, u64::MAX))? {
+        times.push(item?.0.value().1);
+    }
+    for t in times {
+        table.remove((id, t))?;
+    }
+    txn.open_table(RETENTION)?.remove(id)?;
+    Ok(())
 }

@@ -18,6 +18,7 @@ pub(crate) mod filemap;
 pub mod format;
 pub mod fuse;
 pub mod gc;
+pub mod history;
 pub mod intent_log;
 pub mod node;
 pub mod op;

@@ -17,9 +17,13 @@ use crate::branch::{Branch, BranchError};
 use crate::catalog::{BranchRecord, Catalog, CatalogError, Kind};
 use crate::format::store_file::{self, StoreFormatError};
 use crate::gc::{self, GcPlan, GcReport};
+use crate::history::Point;
 use crate::store::{LocalStore, ObjectStore, StoreError};
 use crate::tree::Tree;
 use crate::walk;
+
+mod history;
+pub use history::OutsideHistory;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -41,6 +45,8 @@ pub enum RepoError {
     Io { context: String, source: std::io::Error },
     #[error(transparent)]
     Format(#[from] StoreFormatError),
+    #[error(transparent)]
+    OutsideHistory(#[from] OutsideHistory),
 }
 
 fn io_err(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> RepoError {
@@ -81,6 +87,8 @@ pub struct Repository {
     catalog: Catalog,
     branches: RwLock<BTreeMap<String, Arc<Branch>>>,
     gc_lock: RwLock<()>,
+    /// The retention window (seconds) of branches without their own; 0: no history.
+    default_retention_secs: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Serialize)]
@@ -138,7 +146,14 @@ impl Repository {
         std::fs::create_dir_all(dir.join("logs")).map_err(io_err(format!("creating {}", dir.display())))?;
         let store = Arc::new(LocalStore::open(dir)?);
         let catalog = Catalog::open(&dir.join("catalog.redb"))?;
-        let repo = Repository { dir: dir.to_path_buf(), store, catalog, branches: RwLock::new(BTreeMap::new()), gc_lock: RwLock::new(()) };
+        let repo = Repository {
+            dir: dir.to_path_buf(),
+            store,
+            catalog,
+            branches: RwLock::new(BTreeMap::new()),
+            gc_lock: RwLock::new(()),
+            default_retention_secs: std::sync::atomic::AtomicU64::new(0),
+        };
         let records = repo.catalog.list()?;
         for rec in &records {
             let branch = Branch::open(repo.store.clone(), rec, &repo.log_dir(rec.id))?;
@@ -206,7 +221,7 @@ impl Repository {
         self.catalog.put(&rec)?;
         let mut branches = self.branches.write();
         if branches.contains_key(name) {
-            self.catalog.remove(name).ok();
+            self.catalog.remove(name, id).ok();
             return Err(RepoError::Exists(name.to_string()));
         }
         branches.insert(name.to_string(), branch.clone());
@@ -247,7 +262,9 @@ impl Repository {
             let mut rec = self.catalog.get(&branch.name).map_err(|e| e.to_string())?.ok_or("branch was deleted")?;
             rec.root = c.root;
             rec.log_seq = c.log_seq;
-            self.catalog.put(&rec).map_err(|e| e.to_string())
+            let window = self.retention_of(&rec).map_err(|e| e.to_string())?;
+            let point = Point { at_unix_micros: c.cut_unix_micros, root: c.root, changed_bytes: c.changed_bytes };
+            self.catalog.put_head(&rec, (window > 0).then_some((&point, window))).map_err(|e| e.to_string())
         })?)
     }
 
@@ -276,7 +293,7 @@ impl Repository {
         }
         let rec = BranchRecord { id, root, log_seq: 0, ..old.clone() };
         let branch = Arc::new(Branch::open(self.store.clone(), &rec, &log_dir)?);
-        self.catalog.put(&rec)?;
+        self.catalog.replace(&rec, old.id)?;
         self.branches.write().insert(name.to_string(), branch.clone());
         let old_log = self.log_dir(old.id);
         if old_log.exists() {
@@ -288,7 +305,7 @@ impl Repository {
     /// Forgets a branch; the caller has made sure nothing uses it.
     pub fn delete(&self, name: &str) -> Result<(), RepoError> {
         let branch = self.branches.write().remove(name).ok_or_else(|| RepoError::NotFound(name.to_string()))?;
-        self.catalog.remove(name)?;
+        self.catalog.remove(name, branch.id)?;
         let dir = self.log_dir(branch.id);
         if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(io_err(format!("removing the intent log of {name}")))?;
@@ -310,13 +327,17 @@ impl Repository {
         let exclusive = self.gc_lock.write();
         let mut live = HashSet::new();
         let mut maps_seen = HashSet::new();
-        for rec in self.catalog.list()? {
-            let listing = walk::list(self.store.as_ref(), &rec.root, Some(&maps_seen));
+        // Heads, then retained points: a point's tree shares most file maps with the
+        // heads, which `maps_seen` lets the walk skip.
+        let heads = self.catalog.list()?.into_iter().map(|rec| (format!("branch {}", rec.name), rec.root));
+        let points = self.catalog.history_roots()?.into_iter().map(|root| ("a retained point".to_string(), root));
+        for (what, root) in heads.chain(points) {
+            let listing = walk::list(self.store.as_ref(), &root, Some(&maps_seen));
             if let Some(b) = listing.broken.first() {
                 // Marking from a damaged tree could free blocks it still uses.
                 return Err(RepoError::Store(StoreError::Index(format!(
-                    "branch {} has a damaged tree node ({}); run `pgbranch verify` before gc",
-                    rec.name, b.error
+                    "{what} has a damaged tree node ({}); run `pgbranch verify` before gc",
+                    b.error
                 ))));
             }
             live.extend(listing.nodes.iter().copied());

@@ -1,8 +1,10 @@
 //! Catalog (`catalog.redb`) tables and record encoding.
 //!
 //! `branches`: name (`&str`) → `version u8 | postcard BranchRecord`; `meta`: `&str` →
-//! `u64` (only `"next_id"`). A record of a version this build does not read is an
-//! error naming the record, never a default.
+//! `u64` (only `"next_id"`); `history`: `(branch id u64, cut µs u64)` → `version u8 |
+//! postcard (root [u8; 32], changed_bytes u64)`, one retained point each;
+//! `retention`: branch id → window in seconds (absent: the store's default). A record of
+//! a version this build does not read is an error naming the record, never a default.
 
 use redb::TableDefinition;
 use serde::de::SeqAccess;
@@ -10,11 +12,16 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::tags::*;
 use super::{check_version, postcard_after, postcard_exact, tagged, FormatError};
+use crate::block::Hash;
 use crate::catalog::{BranchRecord, Kind};
+use crate::history::Point;
 
 pub const BRANCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("branches");
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const META_NEXT_ID: &str = "next_id";
+pub const HISTORY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("history");
+pub const RETENTION: TableDefinition<u64, u64> = TableDefinition::new("retention");
+pub const POINT_VERSION: u8 = 1;
 
 pub const RECORD_VERSION: u8 = 1;
 
@@ -26,6 +33,18 @@ pub fn decode_record(bytes: &[u8]) -> Result<BranchRecord, FormatError> {
     let Some((&version, body)) = bytes.split_first() else { return Err(FormatError::malformed("catalog record", "empty")) };
     check_version("catalog record", u32::from(version), u32::from(RECORD_VERSION))?;
     postcard_exact(body, "catalog record")
+}
+
+/// A history point's value (its key holds the branch id and the time).
+pub fn encode_point(p: &Point) -> Result<Vec<u8>, FormatError> {
+    postcard_after(vec![POINT_VERSION], &(p.root.0, p.changed_bytes), "history point")
+}
+
+pub fn decode_point(at_unix_micros: u64, bytes: &[u8]) -> Result<Point, FormatError> {
+    let Some((&version, body)) = bytes.split_first() else { return Err(FormatError::malformed("history point", "empty")) };
+    check_version("history point", u32::from(version), u32::from(POINT_VERSION))?;
+    let (root, changed_bytes): ([u8; 32], u64) = postcard_exact(body, "history point")?;
+    Ok(Point { at_unix_micros, root: Hash(root), changed_bytes })
 }
 
 impl Serialize for Kind {

@@ -1,0 +1,102 @@
+//! The repository's side of history (`crate::history`): retention windows, the points a
+//! branch keeps, and branches made from one of them.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use super::{RepoError, Repository};
+use crate::branch::Branch;
+use crate::catalog::{BranchRecord, Kind};
+use crate::history::{self, Point};
+
+/// `branch create --at` named a time no retained point covers.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", describe(.branch, .at_unix_micros, .oldest_unix_micros, .newest_unix_micros))]
+pub struct OutsideHistory {
+    pub branch: String,
+    pub at_unix_micros: u64,
+    /// The window kept, when there is one.
+    pub oldest_unix_micros: Option<u64>,
+    pub newest_unix_micros: Option<u64>,
+}
+
+fn describe(branch: &str, at: &u64, oldest: &Option<u64>, newest: &Option<u64>) -> String {
+    let t = |us: u64| history::format_utc(us);
+    match (oldest, newest) {
+        (Some(o), Some(n)) => format!(
+            "branch {branch} has no retained point at or before {}: its history covers {} to {} (see `pgbranch branch log {branch}`)",
+            t(*at),
+            t(*o),
+            t(*n)
+        ),
+        _ => format!(
+            "branch {branch} keeps no history yet, so there is no point at {}: give it a window with `pgbranch branch set {branch} --history 24h`",
+            t(*at)
+        ),
+    }
+}
+
+impl Repository {
+    /// The window of branches that have none of their own (0: no history).
+    pub fn set_default_retention(&self, window_secs: u64) {
+        self.default_retention_secs.store(window_secs, Ordering::Relaxed);
+    }
+
+    pub fn default_retention(&self) -> u64 {
+        self.default_retention_secs.load(Ordering::Relaxed)
+    }
+
+    /// The window in force for `rec`: its own, else the store's default; snapshots
+    /// never change, so they keep none.
+    pub(super) fn retention_of(&self, rec: &BranchRecord) -> Result<u64, RepoError> {
+        if rec.kind == Kind::Snapshot {
+            return Ok(0);
+        }
+        Ok(self.catalog.retention(rec.id)?.unwrap_or_else(|| self.default_retention()))
+    }
+
+    /// The window in force for branch `name`, and whether it is the branch's own.
+    pub fn retention(&self, name: &str) -> Result<(u64, bool), RepoError> {
+        let rec = self.record(name)?;
+        let own = self.catalog.retention(rec.id)?;
+        Ok((self.retention_of(&rec)?, own.is_some()))
+    }
+
+    /// Gives branch `name` its own window (None: back to the store's default). Points
+    /// beyond a shorter window go at its next commit.
+    pub fn set_retention(&self, name: &str, window_secs: Option<u64>) -> Result<(), RepoError> {
+        let rec = self.record(name)?;
+        if rec.kind == Kind::Snapshot {
+            return Err(RepoError::InvalidName(name.to_string(), "is a snapshot: it never changes, so it has no history"));
+        }
+        Ok(self.catalog.set_retention(rec.id, window_secs)?)
+    }
+
+    /// The retained points of `name`, oldest first.
+    pub fn history(&self, name: &str) -> Result<Vec<Point>, RepoError> {
+        let rec = self.record(name)?;
+        Ok(self.catalog.history(rec.id)?)
+    }
+
+    /// A new branch holding `source` as its newest retained point at or before
+    /// `at_unix_micros` showed it.
+    pub fn create_at(&self, name: &str, source: &str, at_unix_micros: u64) -> Result<(Arc<Branch>, Point), RepoError> {
+        self.check_new_name(name)?;
+        let rec = self.record(source)?;
+        // Held until the catalog names the new head: GC could otherwise free the
+        // point's objects once thinning has dropped it.
+        let _no_gc = self.gc_lock.read();
+        let points = self.catalog.history(rec.id)?;
+        let Some(point) = history::point_at(&points, at_unix_micros).cloned() else {
+            return Err(OutsideHistory {
+                branch: source.to_string(),
+                at_unix_micros,
+                oldest_unix_micros: points.first().map(|p| p.at_unix_micros),
+                newest_unix_micros: points.last().map(|p| p.at_unix_micros),
+            }
+            .into());
+        };
+        let branch = self.add(name, Kind::Branch, point.root, Some(source.to_string()))?;
+        Ok((branch, point))
+    }
+}
