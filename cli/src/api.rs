@@ -23,6 +23,21 @@ pub enum Request {
         ttl_secs: Option<u64>,
         #[serde(default)]
         protect: bool,
+        /// Start from `from`'s newest retained point at or before this instant.
+        #[serde(default)]
+        at_unix_micros: Option<u64>,
+        /// The new branch's own retention window.
+        #[serde(default)]
+        history_secs: Option<u64>,
+    },
+    /// The retained points of a branch and the window in force.
+    BranchLog {
+        name: String,
+    },
+    /// Sets a branch's retention window.
+    BranchSetHistory {
+        name: String,
+        history: HistorySetting,
     },
     BranchStart {
         name: String,
@@ -87,6 +102,8 @@ impl Request {
             Request::List => "list",
             Request::Path { .. } => "path",
             Request::CreateBranch { .. } => "create_branch",
+            Request::BranchLog { .. } => "branch_log",
+            Request::BranchSetHistory { .. } => "branch_set_history",
             Request::BranchStart { .. } => "branch_start",
             Request::BranchStop { .. } => "branch_stop",
             Request::BranchUrl { .. } => "branch_url",
@@ -153,6 +170,43 @@ pub struct Created {
     pub url: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub create_micros: Option<u64>,
+    /// For `--at`: the retained point the branch was made from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from_point: Option<PointInfo>,
+}
+
+/// A branch's retention window: its own, or the store's default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistorySetting {
+    /// Back to the store's default (`history` in pgbranch.toml).
+    StoreDefault,
+    Window {
+        secs: u64,
+    },
+}
+
+/// One retained point of a branch.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PointInfo {
+    /// RFC 3339, UTC.
+    pub at: String,
+    pub at_unix_micros: u64,
+    pub root: String,
+    /// Bytes of file blocks its commit stored.
+    pub changed_bytes: u64,
+}
+
+/// The answer to `BranchLog` and `BranchSetHistory`.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct BranchLog {
+    pub name: String,
+    /// The window in force (0: no history kept).
+    pub history_secs: u64,
+    /// Whether the window is the branch's own (else the store's default).
+    pub own_window: bool,
+    /// Oldest first.
+    pub points: Vec<PointInfo>,
 }
 
 /// The answer to `BranchUrl`, `BranchStart` and the follower registrations: a branch

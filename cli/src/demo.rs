@@ -180,7 +180,15 @@ fn finish(layout: &Layout, source: Option<Server>, throwaway: bool, query: &str,
     let t = Instant::now();
     let created: Created = client::call_as(
         layout,
-        &Request::CreateBranch { name: DEV.into(), from: Some(MAIN.into()), start: true, ttl_secs: None, protect: false },
+        &Request::CreateBranch {
+            name: DEV.into(),
+            from: Some(MAIN.into()),
+            start: true,
+            ttl_secs: None,
+            protect: false,
+            at_unix_micros: None,
+            history_secs: None,
+        },
     )?;
     let dev_url = created.url.context("branch dev was created without a server")?;
     println!("    ready for writes in {:.2}s: {dev_url}", t.elapsed().as_secs_f64());

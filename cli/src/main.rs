@@ -101,6 +101,28 @@ enum BranchCmd {
         /// Refuse deletion until `branch unprotect`.
         #[arg(long)]
         protect: bool,
+        /// Start from the newest retained point of --from at or before TIME: RFC 3339
+        /// (2026-11-30T14:02:00Z) or a time ago (-15m, 2h). See `branch log`.
+        #[arg(long, value_name = "TIME", requires = "from")]
+        at: Option<String>,
+        /// Keep this branch's history (its commits) for DURATION (e.g. 1h, 7d; 0: none)
+        /// instead of the store's default (`history` in pgbranch.toml).
+        #[arg(long, value_name = "DURATION")]
+        history: Option<String>,
+    },
+    /// The retained points of a branch: when, and what each changed.
+    Log {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a branch's settings.
+    Set {
+        name: String,
+        /// Keep the branch's history for DURATION (e.g. 24h; 0: none), or `default`
+        /// for the store's default.
+        #[arg(long, value_name = "DURATION|default")]
+        history: String,
     },
     /// List branches and snapshots.
     List {
@@ -231,7 +253,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Daemon => daemon::run(layout),
         Command::Branch(cmd) => match cmd {
-            BranchCmd::Create { name, empty, from, no_start, ttl, protect } => {
+            BranchCmd::Create { name, empty, from, no_start, ttl, protect, at, history } => {
                 if !empty && from.is_none() && client::call(&layout, &Request::Path { name: daemon::MAIN.into() }).is_err() {
                     anyhow::bail!(
                         "there is no branch 'main' to branch from: follow a source with `pgbranch clone stream`, or pass --from BRANCH or --empty"
@@ -239,8 +261,15 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 let from = if empty { None } else { Some(from.unwrap_or_else(|| daemon::MAIN.to_string())) };
                 let ttl_secs = ttl.as_deref().map(pgbranch::clone::parse_duration).transpose()?;
-                let req = Request::CreateBranch { name, from, start: !no_start, ttl_secs, protect };
-                output::created(&client::call_as::<api::Created>(&layout, &req)?);
+                let now = pgbranch_fs::history::now_unix_micros();
+                let at_unix_micros = at.as_deref().map(|t| pgbranch::point_in_time::parse_at(t, now)).transpose()?;
+                let history_secs = history.as_deref().map(pgbranch::clone::parse_duration).transpose()?;
+                let req = Request::CreateBranch { name, from, start: !no_start, ttl_secs, protect, at_unix_micros, history_secs };
+                let created = client::call_as::<api::Created>(&layout, &req)?;
+                if let Some(p) = &created.from_point {
+                    eprintln!("from the point of {} ({} changed in it)", p.at, output::bytes(p.changed_bytes));
+                }
+                output::created(&created);
                 Ok(())
             }
             BranchCmd::List { json } => output::list(&client::call_as::<Vec<api::BranchInfo>>(&layout, &Request::List)?, json),
@@ -267,6 +296,23 @@ fn run(cli: Cli) -> Result<()> {
                 if let Some(url) = reset.url {
                     println!("{url}");
                 }
+                Ok(())
+            }
+            BranchCmd::Log { name, json } => {
+                output::branch_log(&client::call_as::<api::BranchLog>(&layout, &Request::BranchLog { name })?, json)
+            }
+            BranchCmd::Set { name, history } => {
+                let history = match history.as_str() {
+                    "default" => api::HistorySetting::StoreDefault,
+                    d => api::HistorySetting::Window { secs: pgbranch::clone::parse_duration(d)? },
+                };
+                let log: api::BranchLog = client::call_as(&layout, &Request::BranchSetHistory { name, history })?;
+                println!(
+                    "branch {} keeps {} of history{}",
+                    log.name,
+                    output::window(log.history_secs),
+                    if log.own_window { "" } else { " (the store's default)" }
+                );
                 Ok(())
             }
             BranchCmd::Protect { name } => {

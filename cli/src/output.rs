@@ -4,9 +4,9 @@
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::api::{BranchInfo, Created, FollowerMode, FollowerStatus, GcDone, Space, Status, Usage, Verified};
+use crate::api::{BranchInfo, BranchLog, Created, FollowerMode, FollowerStatus, GcDone, Space, Status, Usage, Verified};
 
-pub(crate) fn bytes(n: u64) -> String {
+pub fn bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
     let mut u = 0;
@@ -31,6 +31,33 @@ pub fn created(c: &Created) {
     if let Some(url) = &c.url {
         println!("{url}");
     }
+}
+
+/// A retention window for people: "none", "90 s", "15 min", "2 h", "7 d".
+pub fn window(secs: u64) -> String {
+    match secs {
+        0 => "none".into(),
+        s if s % 86_400 == 0 => format!("{} d", s / 86_400),
+        s if s % 3600 == 0 => format!("{} h", s / 3600),
+        s if s % 60 == 0 => format!("{} min", s / 60),
+        s => format!("{s} s"),
+    }
+}
+
+pub fn branch_log(log: &BranchLog, json: bool) -> Result<()> {
+    if json {
+        return json_out(log);
+    }
+    let whose = if log.own_window { "its own" } else { "the store's default" };
+    println!("branch {}: history {} ({whose}), {} retained points", log.name, window(log.history_secs), log.points.len());
+    if log.points.is_empty() {
+        return Ok(());
+    }
+    println!("{:<22} {:>12}  ROOT", "AT (UTC)", "CHANGED");
+    for p in log.points.iter().rev() {
+        println!("{:<22} {:>12}  {}", p.at, bytes(p.changed_bytes), &p.root[..16]);
+    }
+    Ok(())
 }
 
 pub fn list(branches: &[BranchInfo], json: bool) -> Result<()> {

@@ -164,18 +164,32 @@ impl Daemon {
         Ok(())
     }
 
-    fn create_branch(&self, name: &str, from: Option<String>, start: bool, ttl: Option<u64>, protect: bool) -> Result<Created> {
-        match &from {
-            Some(src) => self.repo.create_from(name, src, Kind::Branch)?,
-            None => self.repo.create_empty(name, self.owner.0, self.owner.1)?,
+    fn create_branch(&self, name: &str, from: Option<String>, how: NewBranch) -> Result<Created> {
+        let NewBranch { start, ttl, protect, at_unix_micros, history_secs } = how;
+        let mut from_point = None;
+        match (&from, at_unix_micros) {
+            (Some(src), Some(at)) => from_point = Some(super::history::point_info(&self.repo.create_at(name, src, at)?.1)),
+            (Some(src), None) => {
+                self.repo.create_from(name, src, Kind::Branch)?;
+            }
+            (None, Some(_)) => bail!("--at needs --from BRANCH: the branch whose history to start from"),
+            (None, None) => {
+                self.repo.create_empty(name, self.owner.0, self.owner.1)?;
+            }
         };
+        if let Some(secs) = history_secs {
+            if let Err(e) = self.repo.set_retention(name, Some(secs)) {
+                self.repo.delete(name).ok();
+                return Err(e.into());
+            }
+        }
         if let Err(e) = self.mount(name) {
             self.repo.delete(name).ok();
             return Err(e);
         }
         let policy = Policy { expires_unix: ttl.map(|t| crate::clock::now_unix() + t as i64), protected: protect };
         self.servers.update(|st| st.policies.insert(name.to_string(), policy))?;
-        let mut out = Created { name: name.to_string(), path: self.layout.mount_point(name), url: None, create_micros: None };
+        let mut out = Created { name: name.to_string(), path: self.layout.mount_point(name), url: None, create_micros: None, from_point };
         // Only a branch holding a postgres data directory gets a server.
         if start && from.is_some() && self.layout.mount_point(name).join("PG_VERSION").exists() {
             if let Err(e) = self.start_independent(name, from.as_deref()) {
@@ -368,9 +382,12 @@ impl Daemon {
                 self.repo.get(&name)?;
                 answer(BranchPath { path: self.layout.mount_point(&name) })
             }
-            Request::CreateBranch { name, from, start, ttl_secs, protect } => {
-                answer(self.create_branch(&name, from, start, ttl_secs, protect)?)
+            Request::CreateBranch { name, from, start, ttl_secs, protect, at_unix_micros, history_secs } => {
+                let how = NewBranch { start, ttl: ttl_secs, protect, at_unix_micros, history_secs };
+                answer(self.create_branch(&name, from, how)?)
             }
+            Request::BranchLog { name } => answer(self.branch_log(&name)?),
+            Request::BranchSetHistory { name, history } => answer(self.branch_set_history(&name, history)?),
             Request::CreateSnapshot { name, from } => answer(self.create_snapshot(name, &from)?),
             Request::Delete { name, snapshot } => {
                 self.release_reserve_if_full();
@@ -448,7 +465,7 @@ impl Daemon {
             return Err(e);
         }
         let path = self.layout.mount_point(&name);
-        Ok(Created { name, path, url: None, create_micros: Some(took.as_micros() as u64) })
+        Ok(Created { name, path, url: None, create_micros: Some(took.as_micros() as u64), from_point: None })
     }
 
     fn branch_start(&self, name: &str) -> Result<BranchUrl> {
@@ -464,6 +481,15 @@ impl Daemon {
 }
 
 /// A handler's typed answer as the response's `data`.
+/// How `branch create` makes a branch, besides its name and source.
+struct NewBranch {
+    start: bool,
+    ttl: Option<u64>,
+    protect: bool,
+    at_unix_micros: Option<u64>,
+    history_secs: Option<u64>,
+}
+
 fn answer(data: impl Serialize) -> Result<Value> {
     Ok(serde_json::to_value(data)?)
 }

@@ -4,6 +4,7 @@
 mod committer;
 mod follower;
 mod handlers;
+mod history;
 mod servers;
 mod space;
 mod standby;
@@ -100,7 +101,9 @@ impl Daemon {
         if let Err(e) = crate::source_tls::publish(&layout, owner) {
             tracing::warn!("laying out the source's TLS files for postgres: {e:#}");
         }
+        let config = crate::store_config::load(&layout.root)?;
         let repo = Arc::new(Repository::open(&layout.data()).with_context(|| format!("opening the store in {}", layout.root.display()))?);
+        repo.set_default_retention(config.history_secs);
         let servers = servers::Servers::open(&layout.data(), &layout.run_dir())?;
         let space = Arc::new(SpaceGuard::new(&layout.data(), space::FULL_MARGIN));
         let daemon = Arc::new(Daemon {
