@@ -23,7 +23,7 @@ use crate::tree::Tree;
 use crate::walk;
 
 mod history;
-pub use history::OutsideHistory;
+pub use history::{OutsideHistory, PointFiles};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {

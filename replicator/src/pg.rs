@@ -266,6 +266,42 @@ pub fn configure_independent(data: &Path) -> Result<()> {
     configure_access(data)
 }
 
+/// The directory in a data directory that holds the WAL [`configure_recovery_to`]
+/// replays (removed once the server has promoted).
+pub const RECOVERY_ARCHIVE: &str = "pgbranch_recovery_wal";
+
+const RECOVERY_MARK: &str = "# --- pgbranch: recover to the point in time asked for ---";
+
+/// Makes an independent copy (see [`configure_independent`]) recover to `target`
+/// (a timestamptz literal) on its next start and then promote, replaying the WAL in
+/// its [`RECOVERY_ARCHIVE`] directory after its own pg_wal. Commits at or before
+/// `target` are kept.
+pub fn configure_recovery_to(data: &Path, target: &str) -> Result<()> {
+    configure_independent(data)?;
+    let standby = data.join("standby.signal");
+    if standby.exists() {
+        std::fs::remove_file(&standby).with_context(|| format!("removing {}", standby.display()))?;
+    }
+    let auto = data.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).with_context(|| format!("reading {}", auto.display()))?;
+    text.push_str(&format!(
+        "\n{RECOVERY_MARK}\nrestore_command = 'cp {RECOVERY_ARCHIVE}/%f %p'\nrecovery_target_time = '{}'\nrecovery_target_inclusive = on\nrecovery_target_action = 'promote'\n",
+        target.replace('\'', "''")
+    ));
+    std::fs::write(&auto, text).with_context(|| format!("writing {}", auto.display()))?;
+    let signal = data.join("recovery.signal");
+    std::fs::write(&signal, b"").with_context(|| format!("writing {}", signal.display()))
+}
+
+/// Drops the target set by [`configure_recovery_to`]: the next start recovers to the end
+/// of the WAL it has (for when that WAL ends before the target: no commit after it).
+pub fn clear_recovery_target(data: &Path) -> Result<()> {
+    let auto = data.join("postgresql.auto.conf");
+    let mut text = std::fs::read_to_string(&auto).with_context(|| format!("reading {}", auto.display()))?;
+    text.push_str("recovery_target_time = ''\n");
+    std::fs::write(&auto, text).with_context(|| format!("writing {}", auto.display()))
+}
+
 /// Restricts a server's client authentication to its socket and loopback passwords.
 pub fn configure_access(data: &Path) -> Result<()> {
     let hba = data.join("pg_hba.conf");

@@ -132,20 +132,47 @@ impl Daemon {
             let spec = new_spec(&user, &dbname, &bin, false)?;
             self.servers.update(|st| st.servers.insert(name.to_string(), spec))?;
         }
-        if path.join("standby.signal").exists() {
-            // A cut of a standby starts in recovery, which needs the hot-standby limits
-            // at least as high as its control file records.
+        if path.join("standby.signal").exists() || path.join("recovery.signal").exists() {
+            // A cut of a standby, or a branch recovering to an instant, starts in
+            // recovery, which needs the hot-standby limits at least as high as its
+            // control file records.
             let spec = self.servers.spec(name).with_context(|| format!("branch {name} has no server configured"))?;
             for (setting, from, to) in pgconf::raise_to_controldata(&PgBin(spec.pg_bin), &self.servers.owner, &path)? {
                 tracing::info!("branch {name}: raised {setting} from {from} to {to}, as its control file records");
             }
         }
+        let recovering = path.join("recovery.signal").exists();
         self.servers.start(name, &path)?;
         let server = self.servers.server(name).context("the branch's server is not running after its start")?;
         if path.join("standby.signal").exists() {
             server.promote().with_context(|| format!("promoting branch {name}"))?;
         }
         let spec = self.servers.spec(name).with_context(|| format!("branch {name} has no server configured"))?;
+        if recovering {
+            // Hot standby lets pg_ctl return before the target is reached; the branch is
+            // ready once postgres has promoted itself.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(600);
+            while server.psql_as(&spec.user, &spec.dbname, "SELECT pg_is_in_recovery()").map(|r| r.trim() == "t").unwrap_or(true) {
+                if std::time::Instant::now() > deadline {
+                    bail!(
+                        "branch {name} did not finish recovering to the instant asked for within 10 minutes (see {})",
+                        self.servers.socket_dir(name).join("postgres.log").display()
+                    );
+                }
+                let postmaster_alive = self.servers.postmaster_pid(name).is_some_and(crate::procs::is_running);
+                if !postmaster_alive {
+                    bail!(
+                        "branch {name}'s postgres stopped while recovering (see {})",
+                        self.servers.socket_dir(name).join("postgres.log").display()
+                    );
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            let archive = path.join(pg::RECOVERY_ARCHIVE);
+            if archive.exists() {
+                std::fs::remove_dir_all(&archive).with_context(|| format!("removing {} after the recovery", archive.display()))?;
+            }
+        }
         if let Some(password) = &spec.password {
             // As the bootstrap superuser: a role without it cannot change its own
             // password when it has REPLICATION (a physical follower's role may).
@@ -164,11 +191,36 @@ impl Daemon {
         Ok(())
     }
 
+    /// [`Daemon::start_independent`]; for a branch recovering to an instant, when its WAL
+    /// ends before any commit after the instant (postgres then refuses: "recovery ended
+    /// before configured recovery target was reached"), the end of that WAL *is* the
+    /// state at the instant: it starts again recovering to the end.
+    fn start_recovering(&self, name: &str, parent: Option<&str>, to_instant: bool) -> Result<()> {
+        let first = self.start_independent(name, parent);
+        let log = self.servers.socket_dir(name).join("postgres.log");
+        let short =
+            || std::fs::read_to_string(&log).is_ok_and(|l| l.contains("recovery ended before configured recovery target was reached"));
+        match first {
+            Err(_) if to_instant && short() => {
+                tracing::info!("branch {name}: no commit after the instant in the WAL kept; recovering to its end");
+                let _ = self.servers.stop(name);
+                pg::clear_recovery_target(&self.layout.mount_point(name))?;
+                self.start_independent(name, parent)
+            }
+            other => other,
+        }
+    }
+
     fn create_branch(&self, name: &str, from: Option<String>, how: NewBranch) -> Result<Created> {
         let NewBranch { start, ttl, protect, at_unix_micros, history_secs } = how;
         let mut from_point = None;
+        let mut recover_to = None;
         match (&from, at_unix_micros) {
-            (Some(src), Some(at)) => from_point = Some(super::history::point_info(&self.repo.create_at(name, src, at)?.1)),
+            (Some(src), Some(at)) => {
+                let (_, point) = self.repo.create_at(name, src, at)?;
+                from_point = Some(super::history::point_info(&point));
+                recover_to = Some((src.clone(), point, at));
+            }
             (Some(src), None) => {
                 self.repo.create_from(name, src, Kind::Branch)?;
             }
@@ -187,12 +239,23 @@ impl Daemon {
             self.repo.delete(name).ok();
             return Err(e);
         }
+        if let Some((src, point, at)) = &recover_to {
+            // A postgres branch from the past replays its source's later WAL up to the
+            // instant asked for: exact to the transaction, not only to the point.
+            if self.layout.mount_point(name).join("PG_VERSION").exists() {
+                if let Err(e) = self.stage_recovery_to(name, src, point, *at) {
+                    let _ = self.unmount(name);
+                    let _ = self.repo.delete(name);
+                    return Err(e.context(format!("preparing branch {name} to recover to the instant asked for")));
+                }
+            }
+        }
         let policy = Policy { expires_unix: ttl.map(|t| crate::clock::now_unix() + t as i64), protected: protect };
         self.servers.update(|st| st.policies.insert(name.to_string(), policy))?;
         let mut out = Created { name: name.to_string(), path: self.layout.mount_point(name), url: None, create_micros: None, from_point };
         // Only a branch holding a postgres data directory gets a server.
         if start && from.is_some() && self.layout.mount_point(name).join("PG_VERSION").exists() {
-            if let Err(e) = self.start_independent(name, from.as_deref()) {
+            if let Err(e) = self.start_recovering(name, from.as_deref(), recover_to.is_some()) {
                 // Leave nothing half-made behind.
                 let _ = self.servers.forget(name);
                 let _ = self.unmount(name);

@@ -344,6 +344,11 @@ impl Servers {
         }
     }
 
+    /// The pid of branch `name`'s running postmaster, as started.
+    pub(crate) fn postmaster_pid(&self, name: &str) -> Option<i32> {
+        self.live.lock().get(name).and_then(|s| s.pid)
+    }
+
     pub(crate) fn server(&self, name: &str) -> Option<Server> {
         let live = self.live.lock();
         let s = live.get(name)?;

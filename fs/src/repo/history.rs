@@ -4,10 +4,15 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
+use parking_lot::RwLockReadGuard;
+
 use super::{RepoError, Repository};
+use crate::block::BLOCK_SIZE;
 use crate::branch::Branch;
 use crate::catalog::{BranchRecord, Kind};
 use crate::history::{self, Point};
+use crate::node::ROOT_INO;
+use crate::tree::{BlockSource, Content, Tree};
 
 /// `branch create --at` named a time no retained point covers.
 #[derive(Debug, thiserror::Error)]
@@ -98,5 +103,67 @@ impl Repository {
         };
         let branch = self.add(name, Kind::Branch, point.root, Some(source.to_string()))?;
         Ok((branch, point))
+    }
+}
+
+/// Read access to the files of one retained point, for callers that need what a later
+/// point held (e.g. log files to replay up to an instant). Holds GC off while it lives.
+pub struct PointFiles<'a> {
+    tree: Tree,
+    _no_gc: RwLockReadGuard<'a, ()>,
+}
+
+impl Repository {
+    pub fn point_files(&self, point: &Point) -> Result<PointFiles<'_>, RepoError> {
+        let no_gc = self.gc_lock.read();
+        let tree = Tree::load(self.store.clone(), &point.root).map_err(|e| {
+            RepoError::Store(crate::store::StoreError::Index(format!(
+                "loading the retained point {}: {e}",
+                history::format_utc(point.at_unix_micros)
+            )))
+        })?;
+        Ok(PointFiles { tree, _no_gc: no_gc })
+    }
+}
+
+impl PointFiles<'_> {
+    fn resolve(&self, path: &str) -> Option<u64> {
+        path.split('/').filter(|c| !c.is_empty()).try_fold(ROOT_INO, |ino, name| self.tree.lookup(ino, name.as_bytes()).ok())
+    }
+
+    /// The names in directory `dir` (relative to the root); empty when it does not exist.
+    pub fn list(&self, dir: &str) -> Vec<String> {
+        let Some(ino) = self.resolve(dir) else { return Vec::new() };
+        match self.tree.inode(ino).map(|i| &i.content) {
+            Ok(Content::Dir { entries, .. }) => entries.keys().map(|n| String::from_utf8_lossy(n).into_owned()).collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// The whole content of file `path`; None when it does not exist.
+    pub fn read(&mut self, path: &str) -> Result<Option<Vec<u8>>, RepoError> {
+        let Some(ino) = self.resolve(path) else { return Ok(None) };
+        let failed = |e: crate::tree::Errno| RepoError::Io {
+            context: format!("reading {path} of a retained point"),
+            source: std::io::Error::from_raw_os_error(e.0),
+        };
+        self.tree.load_map(ino).map_err(failed)?;
+        let size = self.tree.inode(ino).map_err(failed)?.size();
+        let mut out = Vec::with_capacity(size as usize);
+        let mut offset = 0u64;
+        while offset < size {
+            let chunk = (size - offset).min(64 << 20) as u32;
+            let (_, plan) = self.tree.read_plan(ino, offset, chunk).map_err(failed)?;
+            for source in plan {
+                match source {
+                    BlockSource::Hole => out.extend_from_slice(&[0u8; BLOCK_SIZE]),
+                    BlockSource::Dirty(d) => out.extend_from_slice(&d),
+                    BlockSource::Stored(h) => out.extend_from_slice(&self.tree.store().get(&h)?),
+                }
+            }
+            offset += u64::from(chunk);
+        }
+        out.truncate(size as usize);
+        Ok(Some(out))
     }
 }
