@@ -186,18 +186,7 @@ pub fn stream(layout: &Layout, opts: Options) -> Result<String> {
     }
     let started = Instant::now();
     let mut cleanup = Cleanup { layout, source: &source, slot: None, publication: None, main: false };
-    let created: Created = client::call_as(
-        layout,
-        &Request::CreateBranch {
-            name: MAIN.into(),
-            from: None,
-            start: false,
-            ttl_secs: None,
-            protect: false,
-            at_unix_micros: None,
-            history_secs: None,
-        },
-    )?;
+    let created: Created = super::create_empty_main(layout)?;
     cleanup.main = true;
     let path = created.path;
     initdb(&bin, found.major, &owner, &path, &locale)?;

@@ -26,3 +26,17 @@ pub fn parse_duration(text: &str) -> Result<u64> {
     };
     Ok(n * mult)
 }
+
+/// Creates the empty `main` a follower fills (no server: the follower starts its own).
+fn create_empty_main(layout: &crate::layout::Layout) -> Result<crate::api::Created> {
+    let req = crate::api::Request::CreateBranch {
+        name: crate::daemon::MAIN.into(),
+        from: None,
+        start: false,
+        ttl_secs: None,
+        protect: false,
+        at_unix_micros: None,
+        history_secs: None,
+    };
+    crate::client::call_as(layout, &req)
+}

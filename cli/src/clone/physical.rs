@@ -37,18 +37,7 @@ pub fn stream(layout: &Layout, source_url: &str, slot: &str, pg_bin: Option<Path
     // pg_basebackup, the standby and the daemon read the store's copies of the TLS files.
     let source_url = &crate::source_tls::install(layout, &owner, &source)?;
     let source = Source::parse(source_url)?;
-    let created: Created = client::call_as(
-        layout,
-        &Request::CreateBranch {
-            name: MAIN.into(),
-            from: None,
-            start: false,
-            ttl_secs: None,
-            protect: false,
-            at_unix_micros: None,
-            history_secs: None,
-        },
-    )?;
+    let created: Created = super::create_empty_main(layout)?;
     let path = created.path;
 
     let bar = if quiet { ProgressBar::hidden() } else { ProgressBar::new(0) };
