@@ -415,6 +415,39 @@ pub struct Status {
     /// What holds the store's space (measured even on a full disk).
     pub space: Space,
     pub branches: Vec<BranchInfo>,
+    /// What garbage collection has done, and who runs it.
+    #[serde(default)]
+    pub gc: Option<GcStatus>,
+    /// The store's default retention window (seconds; 0: no history).
+    #[serde(default)]
+    pub history_secs: u64,
+}
+
+/// Who collects garbage (`pgbranch.toml`'s `gc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GcMode {
+    Auto,
+    Manual,
+}
+
+/// The garbage collector's part of `Status` (`repo::GcActivity`).
+#[derive(Debug, Serialize, Deserialize)]
+pub struct GcStatus {
+    pub mode: GcMode,
+    pub running: bool,
+    /// Collections finished since the daemon started, manual and automatic.
+    pub collections: u64,
+    pub last_finished_unix_micros: Option<u64>,
+    pub last: Option<GcDone>,
+    /// Bytes the heads and retained points needed at the last collection.
+    pub live_bytes: u64,
+    /// The automatic GC starts once the store passes this size (absent before the first
+    /// collection, or in manual mode).
+    pub next_at_bytes: Option<u64>,
+    pub bytes_freed_total: u64,
+    pub objects_removed_total: u64,
+    pub last_error: Option<String>,
 }
 
 /// The store's space in `Status`: measured, or why it could not be.
@@ -554,6 +587,9 @@ pub struct GcDone {
     pub packs_rewritten: u64,
     pub bytes_before: u64,
     pub bytes_after: u64,
+    /// Objects found dead that a commit named again while GC ran (kept).
+    #[serde(default)]
+    pub objects_revived: u64,
 }
 
 /// One damaged object `Verify` found: which branch, file and offset it belongs to.

@@ -141,6 +141,13 @@ pub fn status(s: &Status, json: bool) -> Result<()> {
     println!("size:      {} in {} objects", bytes(s.physical_bytes), s.objects);
     println!("memory:    {} (peak {})", bytes(s.rss_bytes), bytes(s.peak_rss_bytes));
     space(&s.space);
+    if let Some(g) = &s.gc {
+        gc_status(g);
+    }
+    println!(
+        "history:   {}",
+        if s.history_secs == 0 { "none by default (see `pgbranch branch set NAME --history`)".to_string() } else { format!("{} by default", window(s.history_secs)) }
+    );
     match &s.follower {
         None => println!("follower:  none (see `pgbranch clone stream`)"),
         Some(f) => follower(f),
@@ -154,6 +161,32 @@ pub fn status(s: &Status, json: bool) -> Result<()> {
         println!("  {:<22} {:<9} {:<18} {}", b.name, b.kind.as_str(), server, b.path.display());
     }
     Ok(())
+}
+
+/// The garbage collector's line of `status`.
+fn gc_status(g: &crate::api::GcStatus) {
+    let mode = match g.mode {
+        crate::api::GcMode::Auto => "automatic",
+        crate::api::GcMode::Manual => "manual (`pgbranch gc`)",
+    };
+    let state = if g.running { ", collecting now" } else { "" };
+    let last = match (&g.last, g.last_finished_unix_micros) {
+        (Some(r), Some(at)) => format!(
+            "; last at {}: {} -> {}, {} objects removed",
+            pgbranch_fs::history::format_utc(at),
+            bytes(r.bytes_before),
+            bytes(r.bytes_after),
+            r.objects_removed
+        ),
+        _ => "; no collection yet".to_string(),
+    };
+    println!("gc:        {mode}{state}, {} collections, {} freed{last}", g.collections, bytes(g.bytes_freed_total));
+    if let Some(next) = g.next_at_bytes {
+        println!("           live {}; next collection when the store passes {}", bytes(g.live_bytes), bytes(next));
+    }
+    if let Some(e) = &g.last_error {
+        println!("           last error: {e}");
+    }
 }
 
 /// The follower's lines of `status`.

@@ -5,6 +5,10 @@
 //! # window (`branch create --history`, `branch set --history`): e.g. "30m", "24h",
 //! # "7d"; "0" keeps none (the default).
 //! history = "24h"
+//!
+//! # "auto" (the default): the daemon collects garbage in the background, alongside
+//! # commits, whenever the store has grown past its bound; "manual": only `pgbranch gc`.
+//! gc = "auto"
 //! ```
 //!
 //! A missing file means the defaults; a file that does not parse, or an unknown key, is
@@ -21,12 +25,25 @@ pub const FILE: &str = "pgbranch.toml";
 #[serde(deny_unknown_fields)]
 struct Raw {
     history: Option<String>,
+    gc: Option<GcMode>,
+}
+
+/// Who collects garbage.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GcMode {
+    /// The daemon, in the background.
+    #[default]
+    Auto,
+    /// Only `pgbranch gc`.
+    Manual,
 }
 
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct StoreConfig {
     /// The default retention window in seconds (0: no history).
     pub history_secs: u64,
+    pub gc: GcMode,
 }
 
 pub fn path(store: &Path) -> PathBuf {
@@ -49,7 +66,7 @@ pub fn load(store: &Path) -> Result<StoreConfig> {
         .transpose()
         .with_context(|| format!("{}: history", path.display()))?
         .unwrap_or(0);
-    Ok(StoreConfig { history_secs })
+    Ok(StoreConfig { history_secs, gc: raw.gc.unwrap_or_default() })
 }
 
 #[cfg(test)]
@@ -65,6 +82,11 @@ mod tests {
         std::fs::write(path(dir.path()), "histroy = \"2h\"\n").unwrap();
         let err = format!("{:#}", load(dir.path()).unwrap_err());
         assert!(err.contains("pgbranch.toml is not valid") && err.contains("histroy"), "{err}");
+        std::fs::write(path(dir.path()), "gc = \"manual\"\n").unwrap();
+        assert_eq!(load(dir.path()).unwrap().gc, GcMode::Manual);
+        std::fs::write(path(dir.path()), "gc = \"sometimes\"\n").unwrap();
+        let err = format!("{:#}", load(dir.path()).unwrap_err());
+        assert!(err.contains("sometimes") && err.contains("auto"), "{err}");
         std::fs::write(path(dir.path()), "history = \"2 weeks\"\n").unwrap();
         let err = format!("{:#}", load(dir.path()).unwrap_err());
         assert!(err.contains("history") && err.contains("invalid duration"), "{err}");

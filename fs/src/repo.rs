@@ -1,28 +1,28 @@
 //! The repository: one object store, its catalog, and every open branch.
 //!
 //! Creating a branch or snapshot commits its source and records the source's root
-//! under the new name: O(1) in the size of the data. GC marks from every head and
-//! sweeps the rest; it excludes commits for its duration so nothing it cannot see
-//! is half-written.
+//! under the new name: O(1) in the size of the data. GC (`collect`) marks from every
+//! head and retained point and sweeps the rest, alongside commits.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::{RwLock, RwLockWriteGuard};
+use parking_lot::RwLock;
 use serde::Serialize;
 
 use crate::block::{Hash, BLOCK_SIZE};
 use crate::branch::{Branch, BranchError};
 use crate::catalog::{BranchRecord, Catalog, CatalogError, Kind};
 use crate::format::store_file::{self, StoreFormatError};
-use crate::gc::{self, GcPlan, GcReport};
 use crate::history::Point;
 use crate::store::{LocalStore, ObjectStore, StoreError};
 use crate::tree::Tree;
 use crate::walk;
 
+mod collect;
 mod history;
+pub use collect::{GcActivity, PlannedGc, AUTO_GROWTH_MIN_BYTES, AUTO_GROWTH_PERCENT, AUTO_KEEP_PACK_LIVE_PERCENT};
 pub use history::{OutsideHistory, PointFiles};
 
 #[derive(Debug, thiserror::Error)]
@@ -69,18 +69,6 @@ pub(crate) fn validate_name(name: &str) -> Result<(), RepoError> {
     Ok(())
 }
 
-/// A GC plan and the lock that keeps commits out until it is executed or dropped.
-pub struct PlannedGc<'a> {
-    plan: GcPlan,
-    _exclusive: RwLockWriteGuard<'a, ()>,
-}
-
-impl PlannedGc<'_> {
-    pub fn plan(&self) -> &GcPlan {
-        &self.plan
-    }
-}
-
 pub struct Repository {
     dir: PathBuf,
     store: Arc<LocalStore>,
@@ -89,6 +77,12 @@ pub struct Repository {
     gc_lock: RwLock<()>,
     /// The retention window (seconds) of branches without their own; 0: no history.
     default_retention_secs: std::sync::atomic::AtomicU64,
+    /// Roots in use outside the catalog (a retained point being read): GC marks them.
+    pinned: parking_lot::Mutex<HashMap<Hash, usize>>,
+    /// One GC at a time, manual or automatic.
+    gc_running: parking_lot::Mutex<()>,
+    /// What GC has done, for `status`.
+    gc_activity: parking_lot::Mutex<collect::GcActivity>,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,6 +147,9 @@ impl Repository {
             branches: RwLock::new(BTreeMap::new()),
             gc_lock: RwLock::new(()),
             default_retention_secs: std::sync::atomic::AtomicU64::new(0),
+            pinned: parking_lot::Mutex::new(HashMap::new()),
+            gc_running: parking_lot::Mutex::new(()),
+            gc_activity: parking_lot::Mutex::new(collect::GcActivity::default()),
         };
         let records = repo.catalog.list()?;
         for rec in &records {
@@ -311,49 +308,6 @@ impl Repository {
             std::fs::remove_dir_all(&dir).map_err(io_err(format!("removing the intent log of {name}")))?;
         }
         Ok(())
-    }
-
-    /// Deletes every object no branch or snapshot reaches: [`Repository::plan_gc`], then
-    /// [`Repository::execute_gc`].
-    pub fn gc(&self) -> Result<GcReport, RepoError> {
-        let planned = self.plan_gc()?;
-        self.execute_gc(planned)
-    }
-
-    /// Commits every branch, takes the GC lock (commits wait until the plan is executed
-    /// or dropped), marks from every head and plans the sweep. Deletes nothing.
-    pub fn plan_gc(&self) -> Result<PlannedGc<'_>, RepoError> {
-        self.commit_all()?;
-        let exclusive = self.gc_lock.write();
-        let mut live = HashSet::new();
-        let mut maps_seen = HashSet::new();
-        // Heads, then retained points: a point's tree shares most file maps with the
-        // heads, which `maps_seen` lets the walk skip.
-        let heads = self.catalog.list()?.into_iter().map(|rec| (format!("branch {}", rec.name), rec.root));
-        let points = self.catalog.history_roots()?.into_iter().map(|root| ("a retained point".to_string(), root));
-        for (what, root) in heads.chain(points) {
-            let listing = walk::list(self.store.as_ref(), &root, Some(&maps_seen));
-            if let Some(b) = listing.broken.first() {
-                // Marking from a damaged tree could free blocks it still uses.
-                return Err(RepoError::Store(StoreError::Index(format!(
-                    "{what} has a damaged tree node ({}); run `pgbranch verify` before gc",
-                    b.error
-                ))));
-            }
-            live.extend(listing.nodes.iter().copied());
-            for f in listing.files {
-                live.extend(f.blocks.iter().map(|(_, h)| *h));
-            }
-            maps_seen.extend(listing.nodes);
-        }
-        let plan = gc::plan(self.store.as_ref(), &live)?;
-        Ok(PlannedGc { plan, _exclusive: exclusive })
-    }
-
-    /// Carries out a plan from [`Repository::plan_gc`], still under its lock.
-    pub fn execute_gc(&self, planned: PlannedGc<'_>) -> Result<GcReport, RepoError> {
-        let PlannedGc { plan, _exclusive } = planned;
-        Ok(gc::execute(self.store.as_ref(), plan)?)
     }
 
     /// Per-branch logical, unique and shared bytes, and the store's ratios. Commits

@@ -30,6 +30,9 @@ use crate::redb_file::{Db, DbError};
 /// Memory redb may use to cache index pages.
 const INDEX_CACHE_BYTES: usize = 32 << 20;
 
+/// Records GC copies per hold of the active pack's lock.
+const COPY_CHUNK_RECORDS: usize = 64;
+
 /// Start a new pack once the active one passes this size.
 const PACK_TARGET_BYTES: u64 = 256 << 20;
 
@@ -69,8 +72,8 @@ pub trait ObjectStore: Send + Sync {
     /// Number of objects in the store.
     fn object_count(&self) -> Result<u64, StoreError>;
     /// Deletes every object not in `live` and reclaims its space. For a [`GcStore`] this
-    /// is [`gc::plan`] then [`gc::execute`]; `Repository::gc` calls those itself, under
-    /// its lock.
+    /// is [`gc::collect`]; `Repository::gc` marks into a bounded-memory [`gc::LiveSet`]
+    /// and runs [`gc::plan`] and [`gc::execute`] itself, alongside commits.
     fn sweep(&self, live: &HashSet<Hash>) -> Result<SweepStats, StoreError>;
     /// Every object's hash, for verification.
     fn all_objects(&self) -> Result<Vec<Hash>, StoreError>;
@@ -93,6 +96,16 @@ pub struct LocalStore {
     /// written again to a new pack (the failed pack's pages may be gone).
     pending: RwLock<HashMap<Hash, Pending>>,
     readers: RwLock<HashMap<u32, Arc<File>>>,
+    /// While GC runs: puts that found their object already stored in a sealed pack.
+    /// Puts hold this for reading across lookup and record; GC's index updates hold it
+    /// for writing (`GcStore::with_puts_held`).
+    revivals: RwLock<Option<Revivals>>,
+}
+
+/// Objects GC may have planned as dead that a put has since named again.
+struct Revivals {
+    sealed_below: u32,
+    hashes: Mutex<HashSet<Hash>>,
 }
 
 impl LocalStore {
@@ -118,6 +131,7 @@ impl LocalStore {
             active: Mutex::new(active),
             pending: RwLock::new(HashMap::new()),
             readers: RwLock::new(HashMap::new()),
+            revivals: RwLock::new(None),
         })
     }
 
@@ -190,14 +204,31 @@ impl ObjectStore for LocalStore {
         if let Some(payload) = self.pending.read().get(hash).map(|p| p.payload.clone()) {
             return Ok(block::decode(hash, &payload)?);
         }
-        let loc = self.indexed_location(hash)?.ok_or(StoreError::Missing(*hash))?;
-        let payload = self.read_payload(loc)?;
-        Ok(block::decode(hash, &payload)?)
+        let mut loc = self.indexed_location(hash)?.ok_or(StoreError::Missing(*hash))?;
+        loop {
+            match self.read_payload(loc) {
+                Ok(payload) => return Ok(block::decode(hash, &payload)?),
+                Err(e) => {
+                    // GC may have moved the object and removed its pack since the lookup:
+                    // follow the index while it keeps pointing somewhere new.
+                    match self.indexed_location(hash)? {
+                        Some(moved) if moved != loc => loc = moved,
+                        _ => return Err(e),
+                    }
+                }
+            }
+        }
     }
 
     fn put(&self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
-        if self.locate(hash)?.is_some() {
-            return Ok(());
+        {
+            let revivals = self.revivals.read();
+            if let Some(loc) = self.locate(hash)? {
+                if let Some(r) = revivals.as_ref().filter(|r| loc.pack < r.sealed_below) {
+                    r.hashes.lock().insert(*hash);
+                }
+                return Ok(());
+            }
         }
         let payload = Arc::new(block::encode(bytes));
         let mut active = self.active.lock();
@@ -277,8 +308,7 @@ impl ObjectStore for LocalStore {
     }
 
     fn sweep(&self, live: &HashSet<Hash>) -> Result<SweepStats, StoreError> {
-        let plan = gc::plan(self, live)?;
-        gc::execute(self, plan)
+        gc::collect(self, &gc::LiveSet::from_hashes(live.iter().copied()), gc::KEEP_PACK_LIVE_PERCENT)
     }
 }
 
@@ -297,10 +327,6 @@ impl GcStore for LocalStore {
 
     fn pack_size(&self, pack_no: u32) -> Result<u64, StoreError> {
         Ok(std::fs::metadata(pack::pack_path(&self.dir, pack_no))?.len())
-    }
-
-    fn pack_records(&self, pack_no: u32) -> Result<Vec<(Hash, Location)>, StoreError> {
-        Ok(pack::scan(&self.dir, pack_no)?)
     }
 
     fn for_each_index_entry(&self, f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>) -> Result<(), StoreError> {
@@ -323,12 +349,32 @@ impl GcStore for LocalStore {
     }
 
     fn copy_records(&self, records: &[(Hash, Location)]) -> Result<Vec<(Hash, Location)>, StoreError> {
+        // Read and verify outside the active pack's lock, append in small chunks: puts
+        // (commits) wait for one chunk at most.
+        let mut moved = Vec::with_capacity(records.len());
+        for chunk in records.chunks(COPY_CHUNK_RECORDS) {
+            let mut payloads = Vec::with_capacity(chunk.len());
+            for (h, loc) in chunk {
+                let payload = self.read_payload(*loc)?;
+                block::decode(h, &payload)?;
+                payloads.push(payload);
+            }
+            let mut active = self.active.lock();
+            self.replace_failed_pack(&mut active)?;
+            for ((h, _), payload) in chunk.iter().zip(&payloads) {
+                moved.push((*h, active.append(h, payload)?));
+            }
+        }
         let mut active = self.active.lock();
         self.replace_failed_pack(&mut active)?;
-        let mut moved = Vec::with_capacity(records.len());
-        for (h, loc) in records {
-            let payload = self.read_payload(*loc)?;
-            moved.push((*h, active.append(h, &payload)?));
+        // A copy that landed in a pack since replaced (its fsync failed) is made again
+        // here; one in a pack rotated by a flush was synced by it, and is copied again
+        // all the same: only the active pack's sync below vouches for a copy.
+        let number = active.number;
+        for (i, (h, loc)) in records.iter().enumerate() {
+            if moved[i].1.pack != number {
+                moved[i] = (*h, active.append(h, &self.read_payload(*loc)?)?);
+            }
         }
         active.sync()?;
         Ok(moved)
@@ -345,6 +391,19 @@ impl GcStore for LocalStore {
         self.readers.write().remove(&pack_no);
         std::fs::remove_file(pack::pack_path(&self.dir, pack_no))?;
         Ok(())
+    }
+
+    fn track_revivals(&self, sealed_below: Option<u32>) {
+        *self.revivals.write() = sealed_below.map(|sealed_below| Revivals { sealed_below, hashes: Mutex::new(HashSet::new()) });
+    }
+
+    fn with_puts_held(&self, f: &mut dyn FnMut(&HashSet<Hash>) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let revivals = self.revivals.write();
+        let empty = HashSet::new();
+        match revivals.as_ref() {
+            Some(r) => f(&r.hashes.lock()),
+            None => f(&empty),
+        }
     }
 
     fn finish_gc(&self) -> Result<(), StoreError> {

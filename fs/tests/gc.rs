@@ -1,18 +1,18 @@
 //! GC below FUSE: planning reads only and aborts on any error with nothing deleted;
 //! execution removes exactly the dead objects; nothing reachable from a branch or
-//! snapshot head is ever removed, also when a commit is attempted between plan and
-//! execute (the GC lock makes it wait until the plan is executed).
+//! snapshot head is ever removed, also when a commit lands between plan and execute
+//! and names objects the plan found dead (they are revived, not removed).
 
 mod common;
 
 use common::{create_file, noise, write};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::Arc;
 
 use pgbranch_fs::block::Hash;
 use pgbranch_fs::catalog::Kind;
-use pgbranch_fs::gc::{self, GcStore, PackAction};
+use pgbranch_fs::gc::{self, GcPlan, GcStore, LiveSet, PackAction};
 use pgbranch_fs::pack::Location;
 use pgbranch_fs::repo::Repository;
 use pgbranch_fs::store::{LocalStore, MemStore, ObjectStore, StoreError, SweepStats};
@@ -25,8 +25,6 @@ struct FaultyStore<S = LocalStore> {
     inner: S,
     /// Fail the index scan after this many entries.
     index_fails_after: Option<usize>,
-    /// Fail reading this pack's records.
-    scan_fails_on: Option<u32>,
     /// Fail copying records into the active pack (execution).
     copy_fails: AtomicBool,
     /// Packs removed, to check nothing was deleted.
@@ -38,7 +36,6 @@ impl<S: GcStore> FaultyStore<S> {
         FaultyStore {
             inner,
             index_fails_after: None,
-            scan_fails_on: None,
             copy_fails: AtomicBool::new(false),
             removed: AtomicUsize::new(0),
         }
@@ -72,8 +69,7 @@ impl<S: GcStore> ObjectStore for FaultyStore<S> {
         self.inner.all_objects()
     }
     fn sweep(&self, live: &HashSet<Hash>) -> Result<SweepStats, StoreError> {
-        let plan = gc::plan(self, live)?;
-        gc::execute(self, plan)
+        gc::collect(self, &LiveSet::from_hashes(live.iter().copied()), gc::KEEP_PACK_LIVE_PERCENT)
     }
 }
 
@@ -86,12 +82,6 @@ impl<S: GcStore> GcStore for FaultyStore<S> {
     }
     fn pack_size(&self, pack: u32) -> Result<u64, StoreError> {
         self.inner.pack_size(pack)
-    }
-    fn pack_records(&self, pack: u32) -> Result<Vec<(Hash, Location)>, StoreError> {
-        if self.scan_fails_on == Some(pack) {
-            return Err(injected("pack scan"));
-        }
-        self.inner.pack_records(pack)
     }
     fn for_each_index_entry(&self, f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>) -> Result<(), StoreError> {
         let mut seen = 0;
@@ -119,6 +109,19 @@ impl<S: GcStore> GcStore for FaultyStore<S> {
     fn finish_gc(&self) -> Result<(), StoreError> {
         self.inner.finish_gc()
     }
+    fn track_revivals(&self, sealed_below: Option<u32>) {
+        self.inner.track_revivals(sealed_below)
+    }
+    fn with_puts_held(&self, f: &mut dyn FnMut(&HashSet<Hash>) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        self.inner.with_puts_held(f)
+    }
+}
+
+/// Seals and plans, as a collection does: (plan, live set).
+fn plan_of(store: &dyn GcStore, live: &[Hash]) -> Result<(GcPlan, LiveSet), StoreError> {
+    let set = LiveSet::from_hashes(live.iter().copied());
+    let active = store.seal()?;
+    Ok((gc::plan(store, active, &set, gc::KEEP_PACK_LIVE_PERCENT)?, set))
 }
 
 fn put(store: &dyn ObjectStore, data: &[u8]) -> Hash {
@@ -158,10 +161,9 @@ fn index_read_error_while_planning_deletes_nothing() {
     let mut store = FaultyStore::new(LocalStore::open(dir.path()).unwrap());
     let (live, dead) = populate(&store.inner);
     store.index_fails_after = Some(3);
-    let live_set: HashSet<Hash> = live.iter().copied().collect();
     let before = pack_files(&store.inner);
 
-    let err = gc::plan(&store, &live_set).expect_err("an index read error must abort planning");
+    let err = plan_of(&store, &live).err().expect("an index read error must abort planning");
     assert!(err.to_string().contains("injected fault: index read"), "{err}");
 
     assert_eq!(store.removed.load(Ordering::SeqCst), 0);
@@ -173,38 +175,25 @@ fn index_read_error_while_planning_deletes_nothing() {
     assert_eq!(store.object_count().unwrap(), (live.len() + dead.len()) as u64);
 }
 
+/// A live record whose bytes are damaged is never copied as if whole: its pack's
+/// rewrite stops, the pack stays, and what GC freed before stays freed.
 #[test]
-fn pack_scan_error_while_planning_deletes_nothing() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut store = FaultyStore::new(LocalStore::open(dir.path()).unwrap());
-    let (live, dead) = populate(&store.inner);
-    // Pack 1 (all dead) scans fine; the failure comes after a delete was already decided.
-    store.scan_fails_on = Some(2);
-    let live_set: HashSet<Hash> = live.iter().copied().collect();
-    assert!(gc::plan(&store, &live_set).is_err());
-    assert_eq!(store.removed.load(Ordering::SeqCst), 0);
-    for h in live.iter().chain(&dead) {
-        store.get(h).unwrap();
-    }
-}
-
-/// A damaged record length ends a pack's scan early: the live record past it must not
-/// be taken for dead (the pack would be deleted with it).
-#[test]
-fn a_pack_whose_scan_misses_a_live_record_aborts_planning() {
+fn a_damaged_live_record_stops_its_packs_rewrite_and_the_pack_stays() {
     use std::os::unix::fs::FileExt;
     let dir = tempfile::tempdir().unwrap();
     let store = FaultyStore::new(LocalStore::open(dir.path()).unwrap());
-    let (live, dead) = populate(&store.inner);
-    // Pack 2 starts (after its 16-byte header) with the live record; its length field
-    // is at 16 + 32.
+    let (live, _) = populate(&store.inner);
+    // Pack 2 starts (after its 16-byte header) with the live record: hash (32), length
+    // (4), then its payload.
     let pack2 = dir.path().join("packs/pack-00000002.pk");
-    std::fs::OpenOptions::new().write(true).open(&pack2).unwrap().write_all_at(&u32::MAX.to_le_bytes(), 48).unwrap();
-    let err = gc::plan(&store, &live.iter().copied().collect()).expect_err("planning must stop");
-    assert!(err.to_string().contains("pack 2: the index places 1 live objects in it but a scan of the pack finds 0"), "{err}");
-    assert_eq!(store.removed.load(Ordering::SeqCst), 0);
-    for h in live.iter().chain(&dead) {
-        store.get(h).expect("nothing was deleted");
+    std::fs::OpenOptions::new().write(true).open(&pack2).unwrap().write_all_at(b"damage", 16 + 36 + 8).unwrap();
+    let (plan, set) = plan_of(&store, &live).unwrap();
+    let err = gc::execute(&store, plan, &set).expect_err("the rewrite of pack 2 must stop");
+    assert!(err.to_string().contains("gc freed") && err.to_string().contains("(1 packs)"), "{err}");
+    assert!(pack2.exists(), "the pack holding the damaged live record is kept");
+    assert!(!dir.path().join("packs/pack-00000001.pk").exists(), "the wholly-dead pack went first");
+    for h in &live[1..] {
+        store.get(h).expect("the other live objects are untouched");
     }
 }
 
@@ -232,7 +221,7 @@ fn an_index_read_error_while_planning_in_memory_deletes_nothing() {
     let (live, dead) = populate(&store.inner);
     store.index_fails_after = Some(5);
     let before = pack_files(&store.inner);
-    assert!(gc::plan(&store, &live.iter().copied().collect()).is_err());
+    assert!(plan_of(&store, &live).is_err());
     assert_eq!(store.removed.load(Ordering::SeqCst), 0);
     let after = pack_files(&store.inner);
     assert!(before.iter().all(|p| after.contains(p)), "no pack removed: {before:?} -> {after:?}");
@@ -246,19 +235,22 @@ fn plan_and_execute_remove_exactly_the_dead<S: GcStore>(store: FaultyStore<S>) -
     let (live, dead) = populate(&store.inner);
     let live_set: HashSet<Hash> = live.iter().copied().collect();
 
-    let plan = gc::plan(&store, &live_set).unwrap();
+    let (plan, set) = plan_of(&store, &live).unwrap();
     assert_eq!(plan.objects_removed, dead.len() as u64);
     assert_eq!(plan.live_missing, 0);
+    assert_eq!(plan.live_objects, live.len() as u64);
     assert!(
-        matches!(&plan.packs[..], [PackAction::Delete { pack: 1, .. }, PackAction::Rewrite { pack: 2, live, .. }] if live.len() == 1),
-        "{:?}",
+        matches!(
+            &plan.packs[..],
+            [PackAction::Delete { pack: 1, .. }, PackAction::Rewrite { pack: 2, live: 1, .. }, PackAction::Trim { pack: 3, dead: 1 }]
+        ),
+        "pack 3 is kept, its one dead entry dropped: {:?}",
         plan.packs
     );
-    assert_eq!(plan.drop_entries, vec![dead[dead.len() - 1]], "pack 3 is kept; its one dead entry is dropped");
     assert_eq!(store.removed.load(Ordering::SeqCst), 0, "planning deletes nothing");
     assert!(plan.estimated_bytes_after() < plan.bytes_before);
 
-    let report = gc::execute(&store, plan).unwrap();
+    let report = gc::execute(&store, plan, &set).unwrap();
     assert_eq!(report.objects_removed, dead.len() as u64);
     assert_eq!(report.packs_rewritten, 2);
     assert!(report.bytes_after < report.bytes_before, "{report:?}");
@@ -279,17 +271,17 @@ fn a_failure_while_executing_loses_no_live_object() {
     let store = FaultyStore::new(LocalStore::open(dir.path()).unwrap());
     let (live, _) = populate(&store.inner);
     let live_set: HashSet<Hash> = live.iter().copied().collect();
-    let plan = gc::plan(&store, &live_set).unwrap();
+    let (plan, set) = plan_of(&store, &live).unwrap();
     store.copy_fails.store(true, Ordering::SeqCst);
-    assert!(gc::execute(&store, plan).is_err(), "the rewrite of pack 2 fails");
+    assert!(gc::execute(&store, plan, &set).is_err(), "the rewrite of pack 2 fails");
     drop(store);
     let store = LocalStore::open(dir.path()).unwrap();
     for h in &live {
         store.get(h).expect("live objects survive a failed execution");
     }
     // The next GC finishes the job.
-    let plan = gc::plan(&store, &live_set).unwrap();
-    gc::execute(&store, plan).unwrap();
+    let (plan, set) = plan_of(&store, &live).unwrap();
+    gc::execute(&store, plan, &set).unwrap();
     let remaining: HashSet<Hash> = store.all_objects().unwrap().into_iter().collect();
     assert_eq!(remaining, live_set);
 }
@@ -338,8 +330,10 @@ fn gc_never_removes_what_a_branch_or_snapshot_head_reaches() {
     assert_heads_whole(&repo);
 }
 
+/// Between plan and execute a commit stores bytes the plan found dead: the put finds
+/// the doomed copies in the index and skips storing them, so GC must keep them.
 #[test]
-fn a_commit_waits_for_the_planned_gc_and_its_blocks_survive() {
+fn a_commit_between_plan_and_execute_revives_what_it_names() {
     let dir = tempfile::tempdir().unwrap();
     let repo = Arc::new(Repository::open(dir.path()).unwrap());
     repo.create_empty("a", 0, 0).unwrap();
@@ -354,30 +348,59 @@ fn a_commit_waits_for_the_planned_gc_and_its_blocks_survive() {
     let doomed = planned.plan().objects_removed;
     assert!(doomed >= 16, "the snapshot's blocks are planned for removal ({doomed})");
 
-    // The same bytes again: a put would find the doomed copies in the index and skip
-    // storing them; the lock makes the commit wait until they are gone.
-    let (started, started_rx) = mpsc::channel();
-    let done = Arc::new(AtomicBool::new(false));
+    // The commit does not wait for GC.
     let committer = {
-        let (repo, done, old) = (repo.clone(), done.clone(), old.clone());
+        let (repo, old) = (repo.clone(), old.clone());
         std::thread::spawn(move || {
             write(&repo, "a", ino, 0, &old);
-            started.send(()).unwrap();
             let b = repo.get("a").unwrap();
             repo.commit_branch(&b).unwrap();
-            done.store(true, Ordering::SeqCst);
         })
     };
-    started_rx.recv().unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(200));
-    assert!(!done.load(Ordering::SeqCst), "a commit may not land between plan and execute");
-    let report = repo.execute_gc(planned).unwrap();
-    assert_eq!(report.objects_removed, doomed);
     committer.join().unwrap();
-    assert!(done.load(Ordering::SeqCst));
+    let report = repo.execute_gc(planned).unwrap();
+    assert!(report.objects_revived >= 16, "{report:?}");
+    assert_eq!(report.objects_removed + report.objects_revived, doomed, "{report:?}");
     assert_heads_whole(&repo);
     for i in 0..16 {
         let h = Hash::of(&old[i * BLOCK..(i + 1) * BLOCK]);
-        repo.store().get(&h).expect("the recommitted block is stored anew");
+        repo.store().get(&h).expect("the recommitted block survives");
     }
+    drop(repo);
+    let repo = Repository::open(dir.path()).unwrap();
+    assert_heads_whole(&repo);
+}
+
+/// Commits run in a loop on one thread while GC collects again and again on another:
+/// every head stays whole, and the garbage goes.
+#[test]
+fn collections_alongside_a_stream_of_commits_lose_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Arc::new(Repository::open(dir.path()).unwrap());
+    repo.create_empty("a", 0, 0).unwrap();
+    let ino = create_file(&repo, "a", "f");
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (repo, stop) = (repo.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut round = 0u64;
+            while !stop.load(Ordering::SeqCst) || round < 40 {
+                // Old contents come back now and then: revivals.
+                write(&repo, "a", ino, (round % 8) * 4 * BLOCK as u64, &noise(1000 + round % 13, 4 * BLOCK));
+                repo.commit_branch(&repo.get("a").unwrap()).unwrap();
+                round += 1;
+            }
+            round
+        })
+    };
+    let mut removed = 0;
+    for _ in 0..15 {
+        removed += repo.gc().unwrap().objects_removed;
+    }
+    stop.store(true, Ordering::SeqCst);
+    let rounds = writer.join().unwrap();
+    assert!(rounds >= 40 && removed > 0, "{rounds} commits, {removed} objects removed");
+    assert_heads_whole(&repo);
+    repo.gc().unwrap();
+    assert_heads_whole(&repo);
 }

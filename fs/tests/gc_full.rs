@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use common::noise;
 use common::tinyfs::TinyFs;
 use pgbranch_fs::block::Hash;
-use pgbranch_fs::gc::{self, GcStore, PackAction};
+use pgbranch_fs::gc::{self, GcStore, LiveSet, PackAction};
 use pgbranch_fs::store::{LocalStore, ObjectStore, StoreError};
 
 const BLOCK: usize = 8192;
@@ -91,12 +91,14 @@ fn gc_on_a_full_disk_frees_dead_packs_first_and_keeps_what_it_freed() {
     store.flush().unwrap();
     tiny.fill("ballast");
     let live_set: HashSet<Hash> = live.iter().copied().collect();
+    let set = LiveSet::from_hashes(live.iter().copied());
 
-    let plan = gc::plan(&store, &live_set).unwrap();
+    let active = store.seal().unwrap();
+    let plan = gc::plan(&store, active, &set, gc::KEEP_PACK_LIVE_PERCENT).unwrap();
     let order: Vec<(u32, bool)> = plan.packs.iter().map(|a| (a.pack(), matches!(a, PackAction::Delete { .. }))).collect();
     // The empty pack the test's own seal left (pack3 + 1) holds no record: dead too.
     assert_eq!(order, vec![(pack2, true), (pack3 + 1, true), (pack3, false), (pack1, false)], "dead packs first, then most garbage first");
-    let err = gc::execute(&store, plan).expect_err("rewriting pack 1 needs more space than the disk has");
+    let err = gc::execute(&store, plan, &set).expect_err("rewriting pack 1 needs more space than the disk has");
     let msg = err.to_string();
     assert!(msg.contains("gc freed") && msg.contains("(3 packs)") && msg.contains("run `pgbranch gc` again"), "{msg}");
     let packs = store.pack_numbers().unwrap();
@@ -114,8 +116,9 @@ fn gc_on_a_full_disk_frees_dead_packs_first_and_keeps_what_it_freed() {
 
     // With room again, the next GC finishes the job.
     std::fs::remove_file(tiny.path().join("ballast")).unwrap();
-    let plan = gc::plan(&store, &live_set).unwrap();
-    gc::execute(&store, plan).unwrap();
+    let active = store.seal().unwrap();
+    let plan = gc::plan(&store, active, &set, gc::KEEP_PACK_LIVE_PERCENT).unwrap();
+    gc::execute(&store, plan, &set).unwrap();
     let remaining: HashSet<Hash> = store.all_objects().unwrap().into_iter().collect();
     assert_eq!(remaining, live_set);
     for h in &live {

@@ -105,6 +105,8 @@ impl Daemon {
                 Err(e) => api::Space::Unknown { error: format!("measuring the store's space: {e}") },
             },
             branches: self.list()?,
+            gc: Some(self.gc_status()),
+            history_secs: self.repo.default_retention(),
         })
     }
 
@@ -595,9 +597,9 @@ fn usage(u: pgbranch_fs::repo::Usage) -> Result<api::Usage> {
     })
 }
 
-fn gc_done(r: pgbranch_fs::gc::GcReport) -> api::GcDone {
-    let pgbranch_fs::gc::GcReport { objects_removed, packs_rewritten, bytes_before, bytes_after } = r;
-    api::GcDone { objects_removed, packs_rewritten, bytes_before, bytes_after }
+pub(super) fn gc_done(r: pgbranch_fs::gc::GcReport) -> api::GcDone {
+    let pgbranch_fs::gc::GcReport { objects_removed, packs_rewritten, bytes_before, bytes_after, objects_revived } = r;
+    api::GcDone { objects_removed, packs_rewritten, bytes_before, bytes_after, objects_revived }
 }
 
 fn verified(r: pgbranch_fs::repo::VerifyReport) -> api::Verified {

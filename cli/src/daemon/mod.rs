@@ -1,6 +1,7 @@
 //! The daemon: owns the repository and every mount, commits in the background, and
 //! answers the CLI over the control socket.
 
+mod collector;
 mod committer;
 mod follower;
 mod handlers;
@@ -45,6 +46,8 @@ pub(crate) struct Daemon {
     /// The disk under the store, shared by every mount: growth is refused below
     /// [`space::FULL_MARGIN`].
     pub(crate) space: Arc<SpaceGuard>,
+    /// Who collects garbage (`pgbranch.toml`).
+    gc_mode: crate::store_config::GcMode,
     pub(crate) started: Instant,
     pub(crate) owner: (u32, u32),
     pub(crate) servers: servers::Servers,
@@ -113,6 +116,7 @@ impl Daemon {
             mounts: Mutex::new(BTreeMap::new()),
             signal: Arc::new(CommitSignal::new(DIRTY_SOFT_LIMIT)),
             space,
+            gc_mode: config.gc,
             started: Instant::now(),
             owner,
             logical: Mutex::new(None),
@@ -331,6 +335,7 @@ pub fn run(layout: Layout) -> Result<()> {
     sys::tune_malloc();
     let daemon = Daemon::start(layout)?;
     daemon.spawn_committer().context("spawning the committer")?;
+    daemon.spawn_collector().context("spawning the garbage collector")?;
     daemon.keep_reserve();
     daemon.restore_servers();
     daemon.spawn_standby_watch();

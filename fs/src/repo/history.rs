@@ -4,8 +4,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use parking_lot::RwLockReadGuard;
-
+use super::collect::Pin;
 use super::{RepoError, Repository};
 use crate::block::BLOCK_SIZE;
 use crate::branch::Branch;
@@ -107,22 +106,36 @@ impl Repository {
 }
 
 /// Read access to the files of one retained point, for callers that need what a later
-/// point held (e.g. log files to replay up to an instant). Holds GC off while it lives.
+/// point held (e.g. log files to replay up to an instant). Its root stays marked live
+/// while it lives, even once thinning drops the point.
 pub struct PointFiles<'a> {
     tree: Tree,
-    _no_gc: RwLockReadGuard<'a, ()>,
+    _pin: Pin<'a>,
 }
 
 impl Repository {
     pub fn point_files(&self, point: &Point) -> Result<PointFiles<'_>, RepoError> {
-        let no_gc = self.gc_lock.read();
+        let pin = {
+            // Pinned where no collection is reading the roots, and only while the
+            // catalog still names the point (or a head holds it): marked either way.
+            let _no_gc = self.gc_lock.read();
+            let rec_points = self.catalog.history_roots()?;
+            let named = rec_points.contains(&point.root) || self.catalog.list()?.iter().any(|r| r.root == point.root);
+            if !named {
+                return Err(RepoError::Store(crate::store::StoreError::Index(format!(
+                    "the retained point {} has been dropped from history meanwhile",
+                    history::format_utc(point.at_unix_micros)
+                ))));
+            }
+            self.pin(point.root)
+        };
         let tree = Tree::load(self.store.clone(), &point.root).map_err(|e| {
             RepoError::Store(crate::store::StoreError::Index(format!(
                 "loading the retained point {}: {e}",
                 history::format_utc(point.at_unix_micros)
             )))
         })?;
-        Ok(PointFiles { tree, _no_gc: no_gc })
+        Ok(PointFiles { tree, _pin: pin })
     }
 }
 

@@ -4,11 +4,11 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use super::{ObjectStore, StoreError, SweepStats};
 use crate::block::{self, Hash};
-use crate::format::pack::{self as wire, PACK_HEADER_LEN, RECORD_HEADER};
+use crate::format::pack::{self as wire, RECORD_HEADER};
 use crate::gc::{self, GcStore};
 use crate::pack::Location;
 
@@ -51,13 +51,15 @@ impl Inner {
 /// Objects in memory, framed in packs as on disk.
 pub struct MemStore {
     inner: Mutex<Inner>,
+    /// As in `LocalStore`: puts hold it for reading, GC's index updates for writing.
+    revivals: RwLock<Option<(u32, HashSet<Hash>)>>,
 }
 
 impl Default for MemStore {
     fn default() -> MemStore {
         let mut inner = Inner::default();
         inner.start_pack();
-        MemStore { inner: Mutex::new(inner) }
+        MemStore { inner: Mutex::new(inner), revivals: RwLock::new(None) }
     }
 }
 
@@ -75,10 +77,18 @@ impl ObjectStore for MemStore {
     }
 
     fn put(&self, hash: &Hash, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut revivals = self.revivals.write();
         let mut inner = self.inner.lock();
-        if inner.locate(hash).is_none() {
-            let loc = inner.append(hash, &block::encode(bytes));
-            inner.pending.insert(*hash, loc);
+        match inner.locate(hash) {
+            Some(loc) => {
+                if let Some((_, hashes)) = revivals.as_mut().filter(|(sealed, _)| loc.pack < *sealed) {
+                    hashes.insert(*hash);
+                }
+            }
+            None => {
+                let loc = inner.append(hash, &block::encode(bytes));
+                inner.pending.insert(*hash, loc);
+            }
         }
         Ok(())
     }
@@ -104,8 +114,7 @@ impl ObjectStore for MemStore {
     }
 
     fn sweep(&self, live: &HashSet<Hash>) -> Result<SweepStats, StoreError> {
-        let plan = gc::plan(self, live)?;
-        gc::execute(self, plan)
+        gc::collect(self, &gc::LiveSet::from_hashes(live.iter().copied()), gc::KEEP_PACK_LIVE_PERCENT)
     }
 
     fn all_objects(&self) -> Result<Vec<Hash>, StoreError> {
@@ -129,28 +138,9 @@ impl GcStore for MemStore {
         inner.packs.get(&pack).map(|p| p.len() as u64).ok_or_else(|| StoreError::Index(format!("no pack {pack}")))
     }
 
-    fn pack_records(&self, pack: u32) -> Result<Vec<(Hash, Location)>, StoreError> {
-        let inner = self.inner.lock();
-        let bytes = inner.packs.get(&pack).ok_or_else(|| StoreError::Index(format!("no pack {pack}")))?;
-        wire::check_pack_header(bytes.get(..PACK_HEADER_LEN as usize).unwrap_or(bytes))?;
-        let mut out = Vec::new();
-        let mut pos = PACK_HEADER_LEN as usize;
-        while let Some(header) = bytes.get(pos..pos + RECORD_HEADER as usize) {
-            let mut h = [0u8; RECORD_HEADER as usize];
-            h.copy_from_slice(header);
-            let (hash, len) = wire::parse_record_header(&h);
-            let offset = pos + RECORD_HEADER as usize;
-            if offset + len as usize > bytes.len() {
-                break;
-            }
-            out.push((hash, Location { pack, offset: offset as u64, len }));
-            pos = offset + len as usize;
-        }
-        Ok(out)
-    }
-
     fn for_each_index_entry(&self, f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>) -> Result<(), StoreError> {
-        let entries: Vec<(Hash, Location)> = self.inner.lock().index.iter().map(|(h, l)| (*h, *l)).collect();
+        let mut entries: Vec<(Hash, Location)> = self.inner.lock().index.iter().map(|(h, l)| (*h, *l)).collect();
+        entries.sort_unstable_by_key(|(h, _)| *h);
         entries.into_iter().try_for_each(|(h, l)| f(h, l))
     }
 
@@ -159,6 +149,7 @@ impl GcStore for MemStore {
         let mut moved = Vec::with_capacity(records.len());
         for (h, loc) in records {
             let payload = inner.payload(*loc)?;
+            block::decode(h, &payload)?;
             moved.push((*h, inner.append(h, &payload)));
         }
         Ok(moved)
@@ -184,5 +175,15 @@ impl GcStore for MemStore {
 
     fn finish_gc(&self) -> Result<(), StoreError> {
         Ok(())
+    }
+
+    fn track_revivals(&self, sealed_below: Option<u32>) {
+        *self.revivals.write() = sealed_below.map(|s| (s, HashSet::new()));
+    }
+
+    fn with_puts_held(&self, f: &mut dyn FnMut(&HashSet<Hash>) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let revivals = self.revivals.write();
+        let empty = HashSet::new();
+        f(revivals.as_ref().map_or(&empty, |(_, h)| h))
     }
 }
