@@ -26,6 +26,9 @@ pub enum Request {
         /// Start from `from`'s newest retained point at or before this instant.
         #[serde(default)]
         at_unix_micros: Option<u64>,
+        /// Or at or before this WAL position (a postgres branch).
+        #[serde(default)]
+        at_lsn: Option<u64>,
         /// The new branch's own retention window.
         #[serde(default)]
         history_secs: Option<u64>,
@@ -195,6 +198,13 @@ pub struct PointInfo {
     pub root: String,
     /// Bytes of file blocks its commit stored.
     pub changed_bytes: u64,
+    /// For a postgres branch: how far its WAL went when the point was committed (an
+    /// upper bound of what the point holds).
+    #[serde(default)]
+    pub lsn: Option<String>,
+    /// For a standby: its last replayed commit's time then.
+    #[serde(default)]
+    pub last_commit_unix_micros: Option<u64>,
 }
 
 /// The answer to `BranchLog` and `BranchSetHistory`.
@@ -563,6 +573,11 @@ pub struct BranchUsage {
     pub shared_bytes: u64,
     /// Dirty blocks not yet in a commit (counted when a commit before `du` failed).
     pub uncommitted_bytes: u64,
+    /// Stored bytes its retained points hold that no head does.
+    #[serde(default)]
+    pub history_bytes: u64,
+    #[serde(default)]
+    pub history_points: u64,
 }
 
 /// The answer to `Du` (`repo::Usage`).

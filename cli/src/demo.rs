@@ -187,6 +187,7 @@ fn finish(layout: &Layout, source: Option<Server>, throwaway: bool, query: &str,
             ttl_secs: None,
             protect: false,
             at_unix_micros: None,
+            at_lsn: None,
             history_secs: None,
         },
     )?;

@@ -5,7 +5,7 @@
 
 use std::path::PathBuf;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use pgbranch::api::{self, BranchUrl, Request};
@@ -103,8 +103,13 @@ enum BranchCmd {
         protect: bool,
         /// Start from the newest retained point of --from at or before TIME: RFC 3339
         /// (2026-11-30T14:02:00Z) or a time ago (-15m, 2h). See `branch log`.
-        #[arg(long, value_name = "TIME", requires = "from")]
+        #[arg(long, value_name = "TIME", requires = "from", conflicts_with = "at_lsn")]
         at: Option<String>,
+        /// For a postgres branch: start from --from as it was at WAL position LSN
+        /// (e.g. 0/3000148, from `pg_current_wal_lsn()` on the source), exact to the
+        /// transaction. See `branch log` for the positions of its retained points.
+        #[arg(long, value_name = "LSN", requires = "from")]
+        at_lsn: Option<String>,
         /// Keep this branch's history (its commits) for DURATION (e.g. 1h, 7d; 0: none)
         /// instead of the store's default (`history` in pgbranch.toml).
         #[arg(long, value_name = "DURATION")]
@@ -175,6 +180,11 @@ enum CloneCmd {
         /// Publication to create on the source (masked follower).
         #[arg(long, default_value = pgbranch::clone::DEFAULT_SLOT, requires = "config")]
         publication: String,
+        /// Keep main's history (its commits) for DURATION (e.g. 1h, 7d) instead of the
+        /// store's default, so `branch create --at` can reach back that far. Set once
+        /// the first copy is in: the copy itself is not history.
+        #[arg(long, value_name = "DURATION")]
+        history: Option<String>,
     },
     /// Replace the masked follower's transform config (checked against the source
     /// first) and restart its stream, e.g. after a column was added on the source.
@@ -248,12 +258,21 @@ fn main() {
     }
 }
 
+/// `clone stream --history`: main's own window, once the first copy is in.
+fn set_main_history(layout: &Layout, secs: Option<u64>) -> Result<()> {
+    let Some(secs) = secs else { return Ok(()) };
+    let req = Request::BranchSetHistory { name: daemon::MAIN.into(), history: api::HistorySetting::Window { secs } };
+    let log: api::BranchLog = client::call_as(layout, &req).context("giving main its history window")?;
+    println!("main keeps {} of history", output::window(log.history_secs));
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<()> {
     let layout = Layout::resolve(cli.store)?;
     match cli.command {
         Command::Daemon => daemon::run(layout),
         Command::Branch(cmd) => match cmd {
-            BranchCmd::Create { name, empty, from, no_start, ttl, protect, at, history } => {
+            BranchCmd::Create { name, empty, from, no_start, ttl, protect, at, at_lsn, history } => {
                 if !empty && from.is_none() && client::call(&layout, &Request::Path { name: daemon::MAIN.into() }).is_err() {
                     anyhow::bail!(
                         "there is no branch 'main' to branch from: follow a source with `pgbranch clone stream`, or pass --from BRANCH or --empty"
@@ -263,8 +282,12 @@ fn run(cli: Cli) -> Result<()> {
                 let ttl_secs = ttl.as_deref().map(pgbranch::clone::parse_duration).transpose()?;
                 let now = pgbranch_fs::history::now_unix_micros();
                 let at_unix_micros = at.as_deref().map(|t| pgbranch::point_in_time::parse_at(t, now)).transpose()?;
+                let at_lsn = at_lsn
+                    .as_deref()
+                    .map(|l| l.parse::<pgbranch_replicator::logical::lsn::Lsn>().map(|l| l.0).context("--at-lsn"))
+                    .transpose()?;
                 let history_secs = history.as_deref().map(pgbranch::clone::parse_duration).transpose()?;
-                let req = Request::CreateBranch { name, from, start: !no_start, ttl_secs, protect, at_unix_micros, history_secs };
+                let req = Request::CreateBranch { name, from, start: !no_start, ttl_secs, protect, at_unix_micros, at_lsn, history_secs };
                 let created = client::call_as::<api::Created>(&layout, &req)?;
                 if let Some(p) = &created.from_point {
                     eprintln!("from the point of {} ({} changed in it)", p.at, output::bytes(p.changed_bytes));
@@ -343,7 +366,8 @@ fn run(cli: Cli) -> Result<()> {
             }
         },
         Command::Clone(cmd) => match cmd {
-            CloneCmd::Stream { source_url, slot, pg_bin, config: Some(config), validation, publication } => {
+            CloneCmd::Stream { source_url, slot, pg_bin, config: Some(config), validation, publication, history } => {
+                let history_secs = history.as_deref().map(pgbranch::clone::parse_duration).transpose()?;
                 let opts = pgbranch::clone::logical::Options {
                     source_url,
                     config,
@@ -354,12 +378,15 @@ fn run(cli: Cli) -> Result<()> {
                     quiet: false,
                 };
                 let url = pgbranch::clone::logical::stream(&layout, opts)?;
+                set_main_history(&layout, history_secs)?;
                 println!("main holds the source with every configured column masked; streaming changes from slot '{slot}'");
                 println!("{url}");
                 Ok(())
             }
-            CloneCmd::Stream { source_url, slot, pg_bin, config: None, .. } => {
+            CloneCmd::Stream { source_url, slot, pg_bin, config: None, history, .. } => {
+                let history_secs = history.as_deref().map(pgbranch::clone::parse_duration).transpose()?;
                 let url = pgbranch::clone::stream(&layout, &source_url, &slot, pg_bin, false)?;
+                set_main_history(&layout, history_secs)?;
                 println!("main is a hot standby of the source, streaming from slot '{slot}'");
                 println!("{url}");
                 Ok(())

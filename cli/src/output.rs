@@ -53,9 +53,10 @@ pub fn branch_log(log: &BranchLog, json: bool) -> Result<()> {
     if log.points.is_empty() {
         return Ok(());
     }
-    println!("{:<22} {:>12}  ROOT", "AT (UTC)", "CHANGED");
+    println!("{:<22} {:>12}  {:<18} {:<22} ROOT", "AT (UTC)", "CHANGED", "WAL UP TO", "LAST COMMIT (UTC)");
     for p in log.points.iter().rev() {
-        println!("{:<22} {:>12}  {}", p.at, bytes(p.changed_bytes), &p.root[..16]);
+        let last = p.last_commit_unix_micros.map_or_else(|| "-".to_string(), pgbranch_fs::history::format_utc);
+        println!("{:<22} {:>12}  {:<18} {:<22} {}", p.at, bytes(p.changed_bytes), p.lsn.as_deref().unwrap_or("-"), last, &p.root[..16]);
     }
     Ok(())
 }
@@ -75,16 +76,21 @@ pub fn du(u: &Usage, json: bool) -> Result<()> {
     if json {
         return json_out(u);
     }
-    println!("{:<24} {:<9} {:>12} {:>12} {:>12} {:>12}", "NAME", "KIND", "LOGICAL", "UNIQUE", "SHARED", "UNCOMMITTED");
+    println!(
+        "{:<24} {:<9} {:>12} {:>12} {:>12} {:>12} {:>18}",
+        "NAME", "KIND", "LOGICAL", "UNIQUE", "SHARED", "UNCOMMITTED", "HISTORY (POINTS)"
+    );
     for b in &u.branches {
+        let history = if b.history_points == 0 { "-".to_string() } else { format!("{} ({})", bytes(b.history_bytes), b.history_points) };
         println!(
-            "{:<24} {:<9} {:>12} {:>12} {:>12} {:>12}",
+            "{:<24} {:<9} {:>12} {:>12} {:>12} {:>12} {:>18}",
             b.name,
             b.kind.as_str(),
             bytes(b.logical_bytes),
             bytes(b.unique_bytes),
             bytes(b.shared_bytes),
             bytes(b.uncommitted_bytes),
+            history,
         );
     }
     if let Some(e) = &u.commit_error {
@@ -146,7 +152,11 @@ pub fn status(s: &Status, json: bool) -> Result<()> {
     }
     println!(
         "history:   {}",
-        if s.history_secs == 0 { "none by default (see `pgbranch branch set NAME --history`)".to_string() } else { format!("{} by default", window(s.history_secs)) }
+        if s.history_secs == 0 {
+            "none by default (see `pgbranch branch set NAME --history`)".to_string()
+        } else {
+            format!("{} by default", window(s.history_secs))
+        }
     );
     match &s.follower {
         None => println!("follower:  none (see `pgbranch clone stream`)"),

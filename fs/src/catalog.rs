@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::block::Hash;
 use crate::format::catalog::{decode_point, decode_record, encode_point, encode_record, BRANCHES, HISTORY, META, META_NEXT_ID, RETENTION};
-use crate::history::{self, Point};
+use crate::history::{self, AppPosition, Point};
 use crate::redb_file::{Db, DbError};
 
 /// Persisted in catalog records; tags in `format::tags`.
@@ -145,6 +145,35 @@ impl Catalog {
                 }
             }
             Ok(txn.commit()?)
+        })?)
+    }
+
+    /// Records what the program on branch `id` reported about its point at `at`; a
+    /// point thinned away meanwhile is left alone (false).
+    pub fn annotate_point(&self, id: u64, at: u64, app: AppPosition) -> Result<bool, CatalogError> {
+        let what = |e: crate::format::FormatError| CatalogError(format!("a history point of branch id {id}: {e}"));
+        let found = self.db.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(HISTORY)?;
+            Ok(table.get((id, at))?.map(|v| v.value().to_vec()))
+        })?;
+        let Some(bytes) = found else { return Ok(false) };
+        let mut point = decode_point(at, &bytes).map_err(what)?;
+        point.app = Some(app);
+        let value = encode_point(&point).map_err(what)?;
+        Ok(self.db.run(|db| {
+            let txn = db.begin_write()?;
+            let kept = {
+                let mut table = txn.open_table(HISTORY)?;
+                // Written only where the point still is: thinning may have run between.
+                let present = table.get((id, at))?.is_some();
+                if present {
+                    table.insert((id, at), value.as_slice())?;
+                }
+                present
+            };
+            txn.commit()?;
+            Ok(kept)
         })?)
     }
 

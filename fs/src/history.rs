@@ -26,6 +26,20 @@ pub struct Point {
     pub root: Hash,
     /// Bytes of file blocks its commit stored.
     pub changed_bytes: u64,
+    /// What the program writing the branch reported about the point, once its commit
+    /// had landed (absent when nothing runs on the branch).
+    pub app: Option<AppPosition>,
+}
+
+/// A position in the log of the program that writes a branch, as that program reports
+/// it right after a commit: so the point holds that log up to at most `position`
+/// (for postgres, an LSN: what the point holds is replayed up to no further than it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppPosition {
+    /// An upper bound of the log the point holds; grows from point to point.
+    pub position: u64,
+    /// The newest transaction the program had committed (or replayed) by then.
+    pub last_commit_unix_micros: Option<u64>,
 }
 
 pub fn now_unix_micros() -> u64 {
@@ -112,7 +126,7 @@ mod tests {
 
     #[test]
     fn the_point_at_a_time_is_the_newest_not_after_it() {
-        let p = |s: u64| Point { at_unix_micros: s, root: Hash([s as u8; 32]), changed_bytes: 0 };
+        let p = |s: u64| Point { at_unix_micros: s, root: Hash([s as u8; 32]), changed_bytes: 0, app: None };
         let points = vec![p(10), p(20), p(30)];
         assert_eq!(point_at(&points, 25).map(|p| p.at_unix_micros), Some(20));
         assert_eq!(point_at(&points, 30).map(|p| p.at_unix_micros), Some(30));

@@ -98,6 +98,11 @@ pub struct BranchUsage {
     /// Bytes written to the branch and not yet in a commit (its dirty blocks), which
     /// the other figures do not count.
     pub uncommitted_bytes: u64,
+    /// Stored bytes its retained points hold that no head does (an object kept by two
+    /// branches' histories is counted for the first): what its history costs.
+    pub history_bytes: u64,
+    /// Its retained points.
+    pub history_points: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -260,7 +265,7 @@ impl Repository {
             rec.root = c.root;
             rec.log_seq = c.log_seq;
             let window = self.retention_of(&rec).map_err(|e| e.to_string())?;
-            let point = Point { at_unix_micros: c.cut_unix_micros, root: c.root, changed_bytes: c.changed_bytes };
+            let point = Point { at_unix_micros: c.cut_unix_micros, root: c.root, changed_bytes: c.changed_bytes, app: None };
             self.catalog.put_head(&rec, (window > 0).then_some((&point, window))).map_err(|e| e.to_string())
         })?)
     }
@@ -345,6 +350,31 @@ impl Repository {
         for h in refs.keys() {
             sizes.insert(*h, self.store.stored_size(h)?.unwrap_or(0));
         }
+        // What history costs: objects retained points reach that no head does.
+        let mut seen = nodes.clone();
+        let mut counted: HashSet<Hash> = HashSet::new();
+        let mut history: HashMap<u64, (u64, u64)> = HashMap::new();
+        for (rec, _, _) in &per_branch {
+            let points = self.catalog.history(rec.id)?;
+            let mut bytes = 0u64;
+            for p in &points {
+                let store = self.store.as_ref();
+                let visited = walk::visit_new(store, &p.root, &mut seen, &mut |h, _| -> Result<(), StoreError> {
+                    if !refs.contains_key(&h) && counted.insert(h) {
+                        bytes += store.stored_size(&h)?.unwrap_or(0);
+                    }
+                    Ok(())
+                });
+                match visited {
+                    Ok(()) => {}
+                    Err(walk::VisitError::Visitor(e)) => return Err(e.into()),
+                    Err(walk::VisitError::Node(e)) => {
+                        tracing::warn!(branch = %rec.name, "du: a retained point of {} has a damaged node: {e}", rec.name)
+                    }
+                }
+            }
+            history.insert(rec.id, (bytes, points.len() as u64));
+        }
         let branches = per_branch
             .iter()
             .map(|(rec, blocks, logical)| {
@@ -363,6 +393,8 @@ impl Repository {
                     unique_bytes: unique,
                     shared_bytes: shared,
                     uncommitted_bytes: dirty.get(&rec.name).copied().unwrap_or(0) * BLOCK_SIZE as u64,
+                    history_bytes: history.get(&rec.id).map_or(0, |h| h.0),
+                    history_points: history.get(&rec.id).map_or(0, |h| h.1),
                 }
             })
             .collect();

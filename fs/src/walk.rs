@@ -1,7 +1,8 @@
 //! Walking a committed tree: every node and block a root reaches, with file paths.
 //!
-//! Used by GC (what is live), `du` (who references what) and `verify` (what is
-//! damaged, and which file at which offset that damage hits).
+//! [`list`] keeps paths, for `du` (who references what) and `verify` (what is damaged,
+//! and which file at which offset that damage hits); [`visit_new`] only names objects,
+//! once per shared node, for GC's marking and the history figures of `du`.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -29,6 +30,68 @@ pub struct Listing {
     pub nodes: Vec<Hash>,
     pub files: Vec<FileBlocks>,
     pub broken: Vec<BrokenNode>,
+}
+
+/// Why [`visit_new`] stopped.
+#[derive(Debug)]
+pub enum VisitError<E> {
+    /// A tree node could not be read or decoded.
+    Node(NodeError),
+    /// The visitor returned an error.
+    Visitor(E),
+}
+
+/// What [`visit_new`] hands the visitor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObjectKind {
+    Node,
+    Block,
+}
+
+/// Calls `f` once for every object `root` reaches that is not below a node in `seen`
+/// (which gains every node visited): walking many roots that share most of their
+/// nodes (heads and retained points) reads each shared node once. Blocks are named,
+/// not read; a block under two unseen map leaves is visited twice.
+pub fn visit_new<E>(
+    store: &dyn ObjectStore,
+    root: &Hash,
+    seen: &mut HashSet<Hash>,
+    f: &mut dyn FnMut(Hash, ObjectKind) -> Result<(), E>,
+) -> Result<(), VisitError<E>> {
+    let node = |h: &Hash, seen: &mut HashSet<Hash>, f: &mut dyn FnMut(Hash, ObjectKind) -> Result<(), E>| {
+        if !seen.insert(*h) {
+            return Ok(false);
+        }
+        f(*h, ObjectKind::Node).map_err(VisitError::Visitor)?;
+        Ok(true)
+    };
+    if !node(root, seen, f)? {
+        return Ok(());
+    }
+    let tree: TreeRoot = node::get_node(store, root).map_err(VisitError::Node)?;
+    for (_, leaf_hash) in &tree.leaves {
+        if !node(leaf_hash, seen, f)? {
+            continue;
+        }
+        let leaf: InodeLeaf = node::get_node(store, leaf_hash).map_err(VisitError::Node)?;
+        for (_, record) in &leaf.inodes {
+            let StoredContent::File { map: Some(map_root), .. } = &record.content else { continue };
+            if !node(map_root, seen, f)? {
+                continue;
+            }
+            let map: MapRoot = node::get_node(store, map_root).map_err(VisitError::Node)?;
+            for map_leaf in map.leaves.iter().flatten() {
+                if !node(map_leaf, seen, f)? {
+                    continue;
+                }
+                let blocks: MapLeaf = node::get_node(store, map_leaf).map_err(VisitError::Node)?;
+                for (_, h) in blocks.blocks {
+                    f(h, ObjectKind::Block).map_err(VisitError::Visitor)?;
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Lists everything reachable from `root`. Block maps whose root is in `skip` are not

@@ -33,12 +33,7 @@ struct FaultyStore<S = LocalStore> {
 
 impl<S: GcStore> FaultyStore<S> {
     fn new(inner: S) -> FaultyStore<S> {
-        FaultyStore {
-            inner,
-            index_fails_after: None,
-            copy_fails: AtomicBool::new(false),
-            removed: AtomicUsize::new(0),
-        }
+        FaultyStore { inner, index_fails_after: None, copy_fails: AtomicBool::new(false), removed: AtomicUsize::new(0) }
     }
 }
 

@@ -272,11 +272,28 @@ pub const RECOVERY_ARCHIVE: &str = "pgbranch_recovery_wal";
 
 const RECOVERY_MARK: &str = "# --- pgbranch: recover to the point in time asked for ---";
 
-/// Makes an independent copy (see [`configure_independent`]) recover to `target`
-/// (a timestamptz literal) on its next start and then promote, replaying the WAL in
-/// its [`RECOVERY_ARCHIVE`] directory after its own pg_wal. Commits at or before
-/// `target` are kept.
-pub fn configure_recovery_to(data: &Path, target: &str) -> Result<()> {
+/// Where recovery stops (inclusive): the commits at or before it are kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecoveryTarget {
+    /// A timestamptz literal.
+    Time(String),
+    /// A WAL position, `X/Y`.
+    Lsn(String),
+}
+
+impl RecoveryTarget {
+    fn setting(&self) -> (&'static str, &str) {
+        match self {
+            RecoveryTarget::Time(t) => ("recovery_target_time", t),
+            RecoveryTarget::Lsn(l) => ("recovery_target_lsn", l),
+        }
+    }
+}
+
+/// Makes an independent copy (see [`configure_independent`]) recover to `target` on
+/// its next start and then promote, replaying the WAL in its [`RECOVERY_ARCHIVE`]
+/// directory after its own pg_wal.
+pub fn configure_recovery_to(data: &Path, target: &RecoveryTarget) -> Result<()> {
     configure_independent(data)?;
     let standby = data.join("standby.signal");
     if standby.exists() {
@@ -284,9 +301,10 @@ pub fn configure_recovery_to(data: &Path, target: &str) -> Result<()> {
     }
     let auto = data.join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&auto).with_context(|| format!("reading {}", auto.display()))?;
+    let (setting, value) = target.setting();
     text.push_str(&format!(
-        "\n{RECOVERY_MARK}\nrestore_command = 'cp {RECOVERY_ARCHIVE}/%f %p'\nrecovery_target_time = '{}'\nrecovery_target_inclusive = on\nrecovery_target_action = 'promote'\n",
-        target.replace('\'', "''")
+        "\n{RECOVERY_MARK}\nrestore_command = 'cp {RECOVERY_ARCHIVE}/%f %p'\n{setting} = '{}'\nrecovery_target_inclusive = on\nrecovery_target_action = 'promote'\n",
+        value.replace('\'', "''")
     ));
     std::fs::write(&auto, text).with_context(|| format!("writing {}", auto.display()))?;
     let signal = data.join("recovery.signal");
@@ -298,7 +316,7 @@ pub fn configure_recovery_to(data: &Path, target: &str) -> Result<()> {
 pub fn clear_recovery_target(data: &Path) -> Result<()> {
     let auto = data.join("postgresql.auto.conf");
     let mut text = std::fs::read_to_string(&auto).with_context(|| format!("reading {}", auto.display()))?;
-    text.push_str("recovery_target_time = ''\n");
+    text.push_str("recovery_target_time = ''\nrecovery_target_lsn = ''\n");
     std::fs::write(&auto, text).with_context(|| format!("writing {}", auto.display()))
 }
 

@@ -36,6 +36,7 @@ fn create_empty_main(layout: &crate::layout::Layout) -> Result<crate::api::Creat
         ttl_secs: None,
         protect: false,
         at_unix_micros: None,
+        at_lsn: None,
         history_secs: None,
     };
     crate::client::call_as(layout, &req)

@@ -14,7 +14,7 @@ use crate::api::{self, GcStatus};
 use crate::store_config::GcMode;
 
 /// How often the collector checks the store's size.
-const CHECK_INTERVAL: Duration = Duration::from_secs(5);
+const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
 impl Daemon {
     pub fn spawn_collector(self: &Arc<Self>) -> std::io::Result<()> {

@@ -106,6 +106,7 @@ impl Daemon {
                     Ok(Ok(_)) => {
                         backoff.succeeded(&b.name);
                         committed = true;
+                        self.note_position(&b.name);
                     }
                     Ok(Err(e)) => backoff.failed(&b.name, &e, now),
                     Err(panic) => {

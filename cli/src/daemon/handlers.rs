@@ -11,6 +11,7 @@ use pgbranch_replicator::source::Source;
 use serde::Serialize;
 use serde_json::Value;
 
+use super::history::PastTarget;
 use super::servers::{new_spec, FollowerConfig, Policy};
 use super::Daemon;
 use crate::api::{
@@ -214,19 +215,25 @@ impl Daemon {
     }
 
     fn create_branch(&self, name: &str, from: Option<String>, how: NewBranch) -> Result<Created> {
-        let NewBranch { start, ttl, protect, at_unix_micros, history_secs } = how;
+        let NewBranch { start, ttl, protect, at_unix_micros, at_lsn, history_secs } = how;
+        let target = match (at_unix_micros, at_lsn) {
+            (Some(_), Some(_)) => bail!("give --at or --at-lsn, not both"),
+            (Some(t), None) => Some(PastTarget::Time(t)),
+            (None, Some(l)) => Some(PastTarget::Lsn(l)),
+            (None, None) => None,
+        };
         let mut from_point = None;
         let mut recover_to = None;
-        match (&from, at_unix_micros) {
-            (Some(src), Some(at)) => {
-                let (_, point) = self.repo.create_at(name, src, at)?;
+        match (&from, target) {
+            (Some(src), Some(target)) => {
+                let point = self.create_in_past(name, src, target)?;
                 from_point = Some(super::history::point_info(&point));
-                recover_to = Some((src.clone(), point, at));
+                recover_to = Some((src.clone(), point, target));
             }
             (Some(src), None) => {
                 self.repo.create_from(name, src, Kind::Branch)?;
             }
-            (None, Some(_)) => bail!("--at needs --from BRANCH: the branch whose history to start from"),
+            (None, Some(_)) => bail!("--at and --at-lsn need --from BRANCH: the branch whose history to start from"),
             (None, None) => {
                 self.repo.create_empty(name, self.owner.0, self.owner.1)?;
             }
@@ -447,8 +454,8 @@ impl Daemon {
                 self.repo.get(&name)?;
                 answer(BranchPath { path: self.layout.mount_point(&name) })
             }
-            Request::CreateBranch { name, from, start, ttl_secs, protect, at_unix_micros, history_secs } => {
-                let how = NewBranch { start, ttl: ttl_secs, protect, at_unix_micros, history_secs };
+            Request::CreateBranch { name, from, start, ttl_secs, protect, at_unix_micros, at_lsn, history_secs } => {
+                let how = NewBranch { start, ttl: ttl_secs, protect, at_unix_micros, at_lsn, history_secs };
                 answer(self.create_branch(&name, from, how)?)
             }
             Request::BranchLog { name } => answer(self.branch_log(&name)?),
@@ -552,6 +559,7 @@ struct NewBranch {
     ttl: Option<u64>,
     protect: bool,
     at_unix_micros: Option<u64>,
+    at_lsn: Option<u64>,
     history_secs: Option<u64>,
 }
 
@@ -576,13 +584,22 @@ fn usage(u: pgbranch_fs::repo::Usage) -> Result<api::Usage> {
     let branches = branches
         .into_iter()
         .map(|b| {
-            let pgbranch_fs::repo::BranchUsage { name, kind, logical_bytes, unique_bytes, shared_bytes, uncommitted_bytes } = b;
+            let pgbranch_fs::repo::BranchUsage {
+                name,
+                kind,
+                logical_bytes,
+                unique_bytes,
+                shared_bytes,
+                uncommitted_bytes,
+                history_bytes,
+                history_points,
+            } = b;
             let kind = match kind {
                 "branch" => api::BranchKind::Branch,
                 "snapshot" => api::BranchKind::Snapshot,
                 other => bail!("branch {name} has an unknown kind {other:?} in the store's usage report"),
             };
-            Ok(api::BranchUsage { name, kind, logical_bytes, unique_bytes, shared_bytes, uncommitted_bytes })
+            Ok(api::BranchUsage { name, kind, logical_bytes, unique_bytes, shared_bytes, uncommitted_bytes, history_bytes, history_points })
         })
         .collect::<Result<_>>()?;
     Ok(api::Usage {

@@ -1,15 +1,41 @@
 //! The daemon's history verbs: `branch log`, `branch set --history`, `branch create
 //! --at`, and the store-wide default window read from `pgbranch.toml`.
 
-use anyhow::{Context, Result};
-use pgbranch_fs::history::{format_utc, Point};
+use anyhow::{bail, Context, Result};
+use pgbranch_fs::history::{format_utc, AppPosition, Point};
+use pgbranch_replicator::logical::lsn::Lsn;
+use pgbranch_replicator::pg::RecoveryTarget;
 
 use super::Daemon;
 use crate::api::{BranchLog, HistorySetting, PointInfo};
 
 pub(crate) fn point_info(p: &Point) -> PointInfo {
-    PointInfo { at: format_utc(p.at_unix_micros), at_unix_micros: p.at_unix_micros, root: p.root.to_hex(), changed_bytes: p.changed_bytes }
+    PointInfo {
+        at: format_utc(p.at_unix_micros),
+        at_unix_micros: p.at_unix_micros,
+        root: p.root.to_hex(),
+        changed_bytes: p.changed_bytes,
+        lsn: p.app.map(|a| Lsn(a.position).to_string()),
+        last_commit_unix_micros: p.app.and_then(|a| a.last_commit_unix_micros),
+    }
 }
+
+/// What `branch create --at` / `--at-lsn` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PastTarget {
+    /// An instant, µs since the Unix epoch.
+    Time(u64),
+    /// A WAL position of a postgres branch.
+    Lsn(u64),
+}
+
+/// Asks postgres on a branch, right after a commit, how far its WAL went: an upper
+/// bound of the WAL the commit's point holds (a standby: what it has received and
+/// replayed; a primary: where WAL insertion is), and its last replayed commit.
+const POSITION_SQL: &str = "SELECT CASE WHEN pg_is_in_recovery() \
+     THEN greatest(pg_last_wal_receive_lsn(), pg_last_wal_replay_lsn()) \
+     ELSE pg_current_wal_insert_lsn() END - '0/0'::pg_lsn, \
+     CASE WHEN pg_is_in_recovery() THEN (extract(epoch from pg_last_xact_replay_timestamp()) * 1000000)::bigint END";
 
 impl Daemon {
     pub(super) fn branch_log(&self, name: &str) -> Result<BranchLog> {
@@ -34,13 +60,62 @@ fn is_wal_segment(name: &str) -> bool {
 }
 
 impl Daemon {
-    /// Prepares branch `name`, made from `src`'s point `from` for the instant `at`, to
-    /// recover exactly to `at`: the WAL segments `src` wrote after that point (from its
-    /// later retained points, and from its live state when no point follows `at`) go
-    /// into an archive directory in the branch, and postgres is told to replay them up
-    /// to `at` (restore_command copies from there) and promote.
+    /// After a commit of branch `name`: when postgres runs on it and it keeps history,
+    /// records postgres' WAL position on the point the commit made (for `branch log`
+    /// and `--at-lsn`). Best effort: a point without one is skipped by `--at-lsn`.
+    pub(super) fn note_position(&self, name: &str) {
+        if !self.servers.is_running(name) || self.repo.retention(name).is_ok_and(|(secs, _)| secs == 0) {
+            return;
+        }
+        let Some(newest) = self.repo.history(name).ok().and_then(|h| h.last().cloned()) else { return };
+        if newest.app.is_some() {
+            return; // nothing new was committed
+        }
+        let (Some(server), Some(spec)) = (self.servers.server(name), self.servers.spec(name)) else { return };
+        let row = match server.psql_as(&spec.user, &spec.dbname, POSITION_SQL) {
+            Ok(r) => r,
+            Err(e) => return tracing::debug!("branch {name}: reading the WAL position for its point: {e:#}"),
+        };
+        let mut parts = row.trim().split('|');
+        let Some(position) = parts.next().and_then(|p| p.parse::<u64>().ok()) else { return };
+        let last_commit_unix_micros = parts.next().and_then(|p| p.parse::<u64>().ok());
+        if let Err(e) = self.repo.annotate_point(name, newest.at_unix_micros, AppPosition { position, last_commit_unix_micros }) {
+            tracing::warn!("branch {name}: recording the WAL position of its point: {e}");
+        }
+    }
+
+    /// Makes branch `name` from `src` as it was at `target`: the newest retained point
+    /// at or before an instant, or the newest whose WAL ends at or before an LSN.
+    pub(super) fn create_in_past(&self, name: &str, src: &str, target: PastTarget) -> Result<Point> {
+        let at = match target {
+            PastTarget::Time(at) => return Ok(self.repo.create_at(name, src, at)?.1),
+            PastTarget::Lsn(at) => at,
+        };
+        let points = self.repo.history(src)?;
+        let known: Vec<(u64, &Point)> = points.iter().filter_map(|p| p.app.map(|a| (a.position, p))).collect();
+        let Some((_, point)) = known.iter().rev().find(|(pos, _)| *pos <= at) else {
+            match (known.first(), known.last()) {
+                (Some((first, _)), Some((last, _))) => bail!(
+                    "branch {src} has no retained point at or before LSN {}: its points cover LSN {} to {} (see `pgbranch branch log {src}`)",
+                    Lsn(at),
+                    Lsn(*first),
+                    Lsn(*last)
+                ),
+                _ => bail!(
+                    "branch {src} has no retained point with a WAL position: --at-lsn needs postgres running on it while it keeps history (see `pgbranch branch log {src}`)"
+                ),
+            }
+        };
+        Ok(self.repo.create_from_point(name, src, point.at_unix_micros)?.1)
+    }
+
+    /// Prepares branch `name`, made from `src`'s point `from` for `target`, to recover
+    /// exactly to it: the WAL segments `src` wrote after that point (from its later
+    /// retained points, and from its live state when no point is known to hold the
+    /// target's WAL) go into an archive directory in the branch, and postgres is told
+    /// to replay them up to the target (restore_command copies from there) and promote.
     /// Returns how many segments were staged.
-    pub(super) fn stage_recovery_to(&self, name: &str, src: &str, from: &Point, at: u64) -> Result<usize> {
+    pub(super) fn stage_recovery_to(&self, name: &str, src: &str, from: &Point, target: PastTarget) -> Result<usize> {
         let wal = self.layout.mount_point(name).join("pg_wal");
         let have: Vec<String> = std::fs::read_dir(&wal)
             .with_context(|| format!("reading {}", wal.display()))?
@@ -51,7 +126,15 @@ impl Daemon {
         // Segments before the newest one the point holds are complete in it already.
         let first_needed = have.iter().max().cloned().unwrap_or_default();
         let later: Vec<Point> = self.repo.history(src)?.into_iter().filter(|p| p.at_unix_micros > from.at_unix_micros).collect();
-        let upto = later.iter().position(|p| p.at_unix_micros > at);
+        let upto = match target {
+            // The first point cut after the instant holds the WAL up to it.
+            PastTarget::Time(at) => later.iter().position(|p| p.at_unix_micros > at),
+            // A point's position is an upper bound of its WAL, sampled after its cut: the
+            // point after the first one past the LSN was cut once that WAL was written.
+            PastTarget::Lsn(at) => {
+                later.iter().position(|p| p.app.is_some_and(|a| a.position >= at)).map(|i| i + 1).filter(|i| *i < later.len())
+            }
+        };
         let sources = match upto {
             Some(i) => &later[..=i],
             None => &later[..],
@@ -66,7 +149,7 @@ impl Daemon {
             }
         }
         if upto.is_none() {
-            // No point after `at` yet: the rest is in the source's live state.
+            // No point known to hold the target yet: the rest is in the source's live state.
             let live = self.layout.mount_point(src).join("pg_wal");
             for e in std::fs::read_dir(&live).with_context(|| format!("reading {}", live.display()))?.flatten() {
                 let seg = e.file_name().to_string_lossy().into_owned();
@@ -86,7 +169,10 @@ impl Daemon {
             std::fs::write(&path, bytes).with_context(|| format!("staging WAL segment {seg} into branch {name}"))?;
             std::os::unix::fs::chown(&path, Some(uid), Some(gid)).with_context(|| format!("giving {} to postgres", path.display()))?;
         }
-        let target = format!("{}+00", format_utc_micros(at));
+        let target = match target {
+            PastTarget::Time(at) => RecoveryTarget::Time(format!("{}+00", format_utc_micros(at))),
+            PastTarget::Lsn(at) => RecoveryTarget::Lsn(Lsn(at).to_string()),
+        };
         pgbranch_replicator::pg::configure_recovery_to(&self.layout.mount_point(name), &target)?;
         Ok(staged.len())
     }

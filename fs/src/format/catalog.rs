@@ -2,7 +2,8 @@
 //!
 //! `branches`: name (`&str`) → `version u8 | postcard BranchRecord`; `meta`: `&str` →
 //! `u64` (only `"next_id"`); `history`: `(branch id u64, cut µs u64)` → `version u8 |
-//! postcard (root [u8; 32], changed_bytes u64)`, one retained point each;
+//! postcard (root [u8; 32], changed_bytes u64, app Option<(position u64, last commit µs
+//! Option<u64>)>)` (version 2; version 1 lacks `app`), one retained point each;
 //! `retention`: branch id → window in seconds (absent: the store's default). A record of
 //! a version this build does not read is an error naming the record, never a default.
 
@@ -11,17 +12,19 @@ use serde::de::SeqAccess;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use super::tags::*;
-use super::{check_version, postcard_after, postcard_exact, tagged, FormatError};
+use super::{check_version, check_version_in, postcard_after, postcard_exact, tagged, FormatError};
 use crate::block::Hash;
 use crate::catalog::{BranchRecord, Kind};
-use crate::history::Point;
+use crate::history::{AppPosition, Point};
 
 pub const BRANCHES: TableDefinition<&str, &[u8]> = TableDefinition::new("branches");
 pub const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 pub const META_NEXT_ID: &str = "next_id";
 pub const HISTORY: TableDefinition<(u64, u64), &[u8]> = TableDefinition::new("history");
 pub const RETENTION: TableDefinition<u64, u64> = TableDefinition::new("retention");
-pub const POINT_VERSION: u8 = 1;
+/// 2 added the program's position (`history::AppPosition`); 1 is still read.
+pub const POINT_VERSION: u8 = 2;
+pub const OLDEST_POINT_VERSION: u8 = 1;
 
 pub const RECORD_VERSION: u8 = 1;
 
@@ -37,14 +40,22 @@ pub fn decode_record(bytes: &[u8]) -> Result<BranchRecord, FormatError> {
 
 /// A history point's value (its key holds the branch id and the time).
 pub fn encode_point(p: &Point) -> Result<Vec<u8>, FormatError> {
-    postcard_after(vec![POINT_VERSION], &(p.root.0, p.changed_bytes), "history point")
+    let app = p.app.map(|a| (a.position, a.last_commit_unix_micros));
+    postcard_after(vec![POINT_VERSION], &(p.root.0, p.changed_bytes, app), "history point")
 }
 
 pub fn decode_point(at_unix_micros: u64, bytes: &[u8]) -> Result<Point, FormatError> {
     let Some((&version, body)) = bytes.split_first() else { return Err(FormatError::malformed("history point", "empty")) };
-    check_version("history point", u32::from(version), u32::from(POINT_VERSION))?;
-    let (root, changed_bytes): ([u8; 32], u64) = postcard_exact(body, "history point")?;
-    Ok(Point { at_unix_micros, root: Hash(root), changed_bytes })
+    check_version_in("history point", u32::from(version), u32::from(OLDEST_POINT_VERSION), u32::from(POINT_VERSION))?;
+    let (root, changed_bytes, app) = if version == 1 {
+        let (root, changed_bytes): ([u8; 32], u64) = postcard_exact(body, "history point")?;
+        (root, changed_bytes, None)
+    } else {
+        let (root, changed_bytes, app): ([u8; 32], u64, Option<(u64, Option<u64>)>) = postcard_exact(body, "history point")?;
+        (root, changed_bytes, app)
+    };
+    let app = app.map(|(position, last_commit_unix_micros)| AppPosition { position, last_commit_unix_micros });
+    Ok(Point { at_unix_micros, root: Hash(root), changed_bytes, app })
 }
 
 impl Serialize for Kind {
@@ -73,5 +84,27 @@ impl tagged::TaggedEnum for Kind {
 impl<'de> Deserialize<'de> for Kind {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         tagged::deserialize(d)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_1_point_is_still_read_and_version_2_round_trips() {
+        let root = Hash([7; 32]);
+        let v1 = postcard_after(vec![1], &(root.0, 4096u64), "history point").unwrap();
+        assert_eq!(decode_point(5, &v1).unwrap(), Point { at_unix_micros: 5, root, changed_bytes: 4096, app: None });
+        let p = Point {
+            at_unix_micros: 9,
+            root,
+            changed_bytes: 1,
+            app: Some(AppPosition { position: 0x1_6000_0028, last_commit_unix_micros: Some(3) }),
+        };
+        assert_eq!(decode_point(9, &encode_point(&p).unwrap()).unwrap(), p);
+        let mut too_new = encode_point(&p).unwrap();
+        too_new[0] = 3;
+        assert!(decode_point(9, &too_new).unwrap_err().to_string().contains("history point"));
     }
 }

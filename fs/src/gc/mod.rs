@@ -243,7 +243,12 @@ struct PackEntries {
     dead: Vec<(Hash, Location)>,
 }
 
-fn collect_batch(store: &dyn GcStore, live: &LiveSet, packs: &HashSet<u32>, trims: &HashSet<u32>) -> Result<HashMap<u32, PackEntries>, StoreError> {
+fn collect_batch(
+    store: &dyn GcStore,
+    live: &LiveSet,
+    packs: &HashSet<u32>,
+    trims: &HashSet<u32>,
+) -> Result<HashMap<u32, PackEntries>, StoreError> {
     let mut out: HashMap<u32, PackEntries> = packs.iter().map(|p| (*p, PackEntries::default())).collect();
     let mut cursor = live.cursor()?;
     store.for_each_index_entry(&mut |h, loc| {

@@ -76,6 +76,13 @@ impl Repository {
         Ok(self.catalog.set_retention(rec.id, window_secs)?)
     }
 
+    /// Records what the program on branch `name` reported about its point at `at`
+    /// (false: the point is no longer retained).
+    pub fn annotate_point(&self, name: &str, at_unix_micros: u64, app: history::AppPosition) -> Result<bool, RepoError> {
+        let rec = self.record(name)?;
+        Ok(self.catalog.annotate_point(rec.id, at_unix_micros, app)?)
+    }
+
     /// The retained points of `name`, oldest first.
     pub fn history(&self, name: &str) -> Result<Vec<Point>, RepoError> {
         let rec = self.record(name)?;
@@ -99,6 +106,24 @@ impl Repository {
                 newest_unix_micros: points.last().map(|p| p.at_unix_micros),
             }
             .into());
+        };
+        let branch = self.add(name, Kind::Branch, point.root, Some(source.to_string()))?;
+        Ok((branch, point))
+    }
+
+    /// A new branch holding `source`'s retained point cut at `at_unix_micros` exactly
+    /// (one the caller chose from [`Repository::history`]); an error if thinning has
+    /// dropped it since.
+    pub fn create_from_point(&self, name: &str, source: &str, at_unix_micros: u64) -> Result<(Arc<Branch>, Point), RepoError> {
+        self.check_new_name(name)?;
+        let rec = self.record(source)?;
+        let _no_gc = self.gc_lock.read();
+        let points = self.catalog.history(rec.id)?;
+        let Some(point) = points.into_iter().find(|p| p.at_unix_micros == at_unix_micros) else {
+            return Err(RepoError::Store(crate::store::StoreError::Index(format!(
+                "the retained point {} of {source} has been dropped from its history meanwhile; try again",
+                history::format_utc(at_unix_micros)
+            ))));
         };
         let branch = self.add(name, Kind::Branch, point.root, Some(source.to_string()))?;
         Ok((branch, point))
