@@ -452,6 +452,9 @@ pub struct GcStatus {
     pub last: Option<GcDone>,
     /// Bytes the heads and retained points needed at the last collection.
     pub live_bytes: u64,
+    /// How long the last collection took.
+    #[serde(default)]
+    pub last_duration_millis: u64,
     /// The automatic GC starts once the store passes this size (absent before the first
     /// collection, or in manual mode).
     pub next_at_bytes: Option<u64>,

@@ -182,8 +182,9 @@ fn gc_status(g: &crate::api::GcStatus) {
     let state = if g.running { ", collecting now" } else { "" };
     let last = match (&g.last, g.last_finished_unix_micros) {
         (Some(r), Some(at)) => format!(
-            "; last at {}: {} -> {}, {} objects removed",
+            "; last at {} ({} ms): {} -> {}, {} objects removed",
             pgbranch_fs::history::format_utc(at),
+            g.last_duration_millis,
             bytes(r.bytes_before),
             bytes(r.bytes_after),
             r.objects_removed

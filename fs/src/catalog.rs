@@ -118,13 +118,16 @@ impl Catalog {
     }
 
     pub fn put(&self, rec: &BranchRecord) -> Result<(), CatalogError> {
-        self.put_head(rec, None)
+        self.put_head(rec, None).map(|_| ())
     }
 
     /// Writes `rec` (a new head) and, when `point` is given, records it in the branch's
     /// history and thins that history for a window of `window_secs`: one transaction,
-    /// so a crash leaves the old head and history or the new ones.
-    pub fn put_head(&self, rec: &BranchRecord, point: Option<(&Point, u64)>) -> Result<(), CatalogError> {
+    /// so a crash leaves the old head and history or the new ones. Returns an estimate
+    /// of the bytes the thinning made garbage: dropping a point frees the blocks of its
+    /// that the point after it replaced, so each dropped point counts the bytes its
+    /// surviving successor changed.
+    pub fn put_head(&self, rec: &BranchRecord, point: Option<(&Point, u64)>) -> Result<u64, CatalogError> {
         let bytes = encode_record(rec).map_err(|e| CatalogError(format!("encoding the record of '{}': {e}", rec.name)))?;
         let point = point
             .map(|(p, window)| encode_point(p).map(|b| (p.at_unix_micros, b, window)))
@@ -132,6 +135,7 @@ impl Catalog {
             .map_err(|e| CatalogError(format!("encoding a history point of '{}': {e}", rec.name)))?;
         Ok(self.db.run(|db| {
             let txn = db.begin_write()?;
+            let mut freed = 0u64;
             txn.open_table(BRANCHES)?.insert(rec.name.as_str(), bytes.as_slice())?;
             if let Some((at, value, window)) = &point {
                 let mut table = txn.open_table(HISTORY)?;
@@ -140,11 +144,19 @@ impl Catalog {
                 for item in table.range((rec.id, 0)..=(rec.id, u64::MAX))? {
                     times.push(item?.0.value().1);
                 }
-                for t in history::to_drop(&times, *at, *window) {
-                    table.remove((rec.id, t))?;
+                let dropped = history::to_drop(&times, *at, *window);
+                for t in &dropped {
+                    table.remove((rec.id, *t))?;
+                }
+                for t in &dropped {
+                    let successor = table.range((rec.id, *t)..=(rec.id, u64::MAX))?.next().transpose()?;
+                    if let Some((k, v)) = successor {
+                        freed += decode_point(k.value().1, v.value()).map_or(0, |p| p.changed_bytes);
+                    }
                 }
             }
-            Ok(txn.commit()?)
+            txn.commit()?;
+            Ok(freed)
         })?)
     }
 

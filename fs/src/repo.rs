@@ -83,6 +83,12 @@ pub struct Repository {
     gc_running: parking_lot::Mutex<()>,
     /// What GC has done, for `status`.
     gc_activity: parking_lot::Mutex<collect::GcActivity>,
+    /// Branches whose last commit failed: it may have stored blocks that their live
+    /// tree now names but no head reaches yet, so no collection starts until it works.
+    failed_commits: parking_lot::Mutex<HashSet<String>>,
+    /// Estimated bytes history thinning has made garbage since the daemon started
+    /// (`Catalog::put_head`): the automatic GC's second trigger, besides growth.
+    expired_bytes: std::sync::atomic::AtomicU64,
 }
 
 #[derive(Debug, Serialize)]
@@ -155,6 +161,8 @@ impl Repository {
             pinned: parking_lot::Mutex::new(HashMap::new()),
             gc_running: parking_lot::Mutex::new(()),
             gc_activity: parking_lot::Mutex::new(collect::GcActivity::default()),
+            failed_commits: parking_lot::Mutex::new(HashSet::new()),
+            expired_bytes: std::sync::atomic::AtomicU64::new(0),
         };
         let records = repo.catalog.list()?;
         for rec in &records {
@@ -260,13 +268,25 @@ impl Repository {
 
     /// [`Repository::commit_branch`] for a caller that holds the GC lock for reading.
     fn commit_locked(&self, branch: &Branch) -> Result<Hash, RepoError> {
+        let committed = self.commit_unrecorded(branch);
+        let mut failed = self.failed_commits.lock();
+        match &committed {
+            Ok(_) => failed.remove(&branch.name),
+            Err(_) => failed.insert(branch.name.clone()),
+        };
+        committed
+    }
+
+    fn commit_unrecorded(&self, branch: &Branch) -> Result<Hash, RepoError> {
         Ok(branch.commit(self.store.as_ref(), |c| {
             let mut rec = self.catalog.get(&branch.name).map_err(|e| e.to_string())?.ok_or("branch was deleted")?;
             rec.root = c.root;
             rec.log_seq = c.log_seq;
             let window = self.retention_of(&rec).map_err(|e| e.to_string())?;
             let point = Point { at_unix_micros: c.cut_unix_micros, root: c.root, changed_bytes: c.changed_bytes, app: None };
-            self.catalog.put_head(&rec, (window > 0).then_some((&point, window))).map_err(|e| e.to_string())
+            let freed = self.catalog.put_head(&rec, (window > 0).then_some((&point, window))).map_err(|e| e.to_string())?;
+            self.expired_bytes.fetch_add(freed, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
         })?)
     }
 
@@ -307,6 +327,7 @@ impl Repository {
     /// Forgets a branch; the caller has made sure nothing uses it.
     pub fn delete(&self, name: &str) -> Result<(), RepoError> {
         let branch = self.branches.write().remove(name).ok_or_else(|| RepoError::NotFound(name.to_string()))?;
+        self.failed_commits.lock().remove(name);
         self.catalog.remove(name, branch.id)?;
         let dir = self.log_dir(branch.id);
         if dir.exists() {

@@ -7,7 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pgbranch_fs::repo::{AUTO_GROWTH_MIN_BYTES, AUTO_GROWTH_PERCENT};
+use pgbranch_fs::repo::Repository;
 
 use super::Daemon;
 use crate::api::{self, GcStatus};
@@ -61,8 +61,9 @@ impl Daemon {
 
     pub(super) fn gc_status(&self) -> GcStatus {
         let a = self.repo.gc_activity();
+        let expired = self.repo.expired_since_gc();
         let next_at_bytes = (self.gc_mode == GcMode::Auto)
-            .then(|| a.last_report.as_ref().map(|r| r.bytes_after + (a.live_bytes * AUTO_GROWTH_PERCENT / 100).max(AUTO_GROWTH_MIN_BYTES)))
+            .then(|| a.last_report.as_ref().map(|r| (r.bytes_after + Repository::auto_gc_threshold(a.live_bytes)).saturating_sub(expired)))
             .flatten();
         GcStatus {
             mode: match self.gc_mode {
@@ -74,6 +75,7 @@ impl Daemon {
             last_finished_unix_micros: a.last_finished_unix_micros,
             last: a.last_report.map(super::handlers::gc_done),
             live_bytes: a.live_bytes,
+            last_duration_millis: a.last_duration_millis,
             next_at_bytes,
             bytes_freed_total: a.bytes_freed_total,
             objects_removed_total: a.objects_removed_total,

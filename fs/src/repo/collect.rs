@@ -9,6 +9,7 @@
 //! index scans and pack copies then run with commits going on.
 
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 
 use parking_lot::MutexGuard;
 use serde::Serialize;
@@ -24,12 +25,13 @@ use crate::store::{LocalStore, ObjectStore};
 /// 1.25x what is live.
 pub const AUTO_KEEP_PACK_LIVE_PERCENT: u64 = 80;
 
-/// The automatic GC starts a collection once the store has grown by this share of
-/// what the last one found live since that collection ended...
+/// The automatic GC starts a collection once the garbage made since the last one (the
+/// store's growth since it ended, plus what history thinning has expired) reaches this
+/// share of what it found live...
 pub const AUTO_GROWTH_PERCENT: u64 = 25;
 /// ...or by this many bytes, whichever is more (small stores would otherwise collect
 /// at every commit).
-pub const AUTO_GROWTH_MIN_BYTES: u64 = 32 << 20;
+pub const AUTO_GROWTH_MIN_BYTES: u64 = 16 << 20;
 
 /// What GC has done, for `status`.
 #[derive(Debug, Default, Clone, Serialize)]
@@ -41,6 +43,11 @@ pub struct GcActivity {
     pub last_report: Option<GcReport>,
     /// Live bytes (heads, retained points) the last collection found.
     pub live_bytes: u64,
+    /// How long the last collection took, marking included.
+    pub last_duration_millis: u64,
+    /// `Repository::expired_bytes` when the last collection began.
+    #[serde(skip)]
+    expired_at_last: u64,
     pub last_error: Option<String>,
     pub bytes_freed_total: u64,
     pub objects_removed_total: u64,
@@ -59,6 +66,9 @@ impl Drop for Tracking<'_> {
 /// until it is executed or dropped.
 pub struct PlannedGc<'a> {
     plan: GcPlan,
+    started: std::time::Instant,
+    /// `Repository::expired_bytes` when it began.
+    expired: u64,
     live: LiveSet,
     _tracking: Tracking<'a>,
     _one_at_a_time: MutexGuard<'a, ()>,
@@ -127,11 +137,22 @@ impl Repository {
 
     fn mark_and_plan<'a>(&'a self, keep_percent: u64, one: MutexGuard<'a, ()>) -> Result<PlannedGc<'a>, RepoError> {
         let store = self.store.as_ref();
+        let started = std::time::Instant::now();
+        let expired = self.expired_bytes.load(Ordering::Relaxed);
+        let started_at_bytes = store.physical_bytes()?;
         let active = store.seal()?;
         let (tracking, roots) = {
             // Waits for commits in flight: a commit's objects are either reachable from
             // a root read here, or stored (or revived) after tracking began.
             let _no_commits = self.gc_lock.write();
+            // A failed commit may have stored blocks its branch's tree now names and
+            // no head reaches; collecting now could free them. (A commit failing from
+            // here on stores into newer packs or revives: safe.)
+            if let Some(name) = self.failed_commits.lock().iter().next() {
+                return Err(RepoError::Store(crate::store::StoreError::Index(format!(
+                    "the last commit of branch {name} failed; gc waits until it commits again (see `pgbranch status`)"
+                ))));
+            }
             store.track_revivals(Some(active));
             let tracking = Tracking(store);
             let mut roots: Vec<(String, Hash)> = Vec::new();
@@ -151,13 +172,15 @@ impl Repository {
             marker.mark(what, root)?;
         }
         let live = marker.finish();
-        let plan = gc::plan(store, active, &live, keep_percent)?;
-        Ok(PlannedGc { plan, live, _tracking: tracking, _one_at_a_time: one })
+        let mut plan = gc::plan(store, active, &live, keep_percent)?;
+        // The report's "before" is the size when the collection began, not after marking.
+        plan.bytes_before = started_at_bytes;
+        Ok(PlannedGc { plan, started, expired, live, _tracking: tracking, _one_at_a_time: one })
     }
 
     /// Carries out a plan from [`Repository::plan_gc`].
     pub fn execute_gc(&self, planned: PlannedGc<'_>) -> Result<GcReport, RepoError> {
-        let PlannedGc { plan, live, _tracking, _one_at_a_time } = planned;
+        let PlannedGc { plan, started, expired, live, _tracking, _one_at_a_time } = planned;
         let live_bytes = plan.live_bytes;
         let result = gc::execute(self.store.as_ref(), plan, &live);
         drop((_tracking, live, _one_at_a_time));
@@ -168,6 +191,8 @@ impl Repository {
                 a.collections += 1;
                 a.last_finished_unix_micros = Some(history::now_unix_micros());
                 a.live_bytes = live_bytes;
+                a.last_duration_millis = started.elapsed().as_millis() as u64;
+                a.expired_at_last = expired;
                 a.bytes_freed_total += r.bytes_before.saturating_sub(r.bytes_after);
                 a.objects_removed_total += r.objects_removed;
                 a.last_report = Some(r.clone());
@@ -184,18 +209,33 @@ impl Repository {
     pub fn auto_gc(&self) -> Result<Option<GcReport>, RepoError> {
         let Some(one) = self.gc_running.try_lock() else { return Ok(None) };
         let physical = self.store.physical_bytes()?;
-        let (after, live) = {
+        let (after, live, expired_at_last) = {
             let a = self.gc_activity.lock();
-            (a.last_report.as_ref().map(|r| r.bytes_after), a.live_bytes)
+            (a.last_report.as_ref().map(|r| r.bytes_after), a.live_bytes, a.expired_at_last)
         };
         if let Some(after) = after {
-            let growth = (live * AUTO_GROWTH_PERCENT / 100).max(AUTO_GROWTH_MIN_BYTES);
-            if physical < after + growth {
+            // Garbage comes from growth (replaced blocks no point keeps) and from points
+            // leaving the window (what they held that later points replaced).
+            let expired = self.expired_bytes.load(Ordering::Relaxed).saturating_sub(expired_at_last);
+            let garbage = physical.saturating_sub(after) + expired;
+            if garbage < Self::auto_gc_threshold(live) {
                 return Ok(None);
             }
         }
         let planned = self.plan_collection(AUTO_KEEP_PACK_LIVE_PERCENT, one)?;
         self.execute_gc(planned).map(Some)
+    }
+
+    /// The estimated garbage at which the automatic GC collects, given the live bytes
+    /// the last collection found.
+    pub fn auto_gc_threshold(live_bytes: u64) -> u64 {
+        (live_bytes * AUTO_GROWTH_PERCENT / 100).max(AUTO_GROWTH_MIN_BYTES)
+    }
+
+    /// Estimated bytes history thinning has made garbage since the last collection.
+    pub fn expired_since_gc(&self) -> u64 {
+        let at_last = self.gc_activity.lock().expired_at_last;
+        self.expired_bytes.load(Ordering::Relaxed).saturating_sub(at_last)
     }
 
     /// What GC has done so far.
