@@ -466,6 +466,12 @@ pub fn psql_url(url: &str, sql: &str) -> Result<String, String> {
 }
 
 /// Incompressible pseudo-random bytes (xorshift), reproducible from `seed`.
+/// Writes `data` to `path` and fsyncs it: once this returns, the store must keep it.
+pub fn write_synced(path: &Path, data: &[u8]) {
+    std::fs::write(path, data).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
+    std::fs::File::open(path).and_then(|f| f.sync_all()).unwrap_or_else(|e| panic!("fsyncing {}: {e}", path.display()));
+}
+
 pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     let mut out = Vec::with_capacity(len);
     while out.len() < len {

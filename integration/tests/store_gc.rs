@@ -2,16 +2,11 @@
 //! size to within 10 % of what the remaining branches need, and leaves their data
 //! intact.
 
-use std::fs::File;
 
 use pgbranch_integration::*;
 
 const MIB: usize = 1 << 20;
 
-fn write_synced(path: &std::path::Path, data: &[u8]) {
-    std::fs::write(path, data).unwrap();
-    File::open(path).unwrap().sync_all().unwrap();
-}
 
 #[test]
 fn gc_reclaims_deleted_branches() {

@@ -4,7 +4,6 @@
 //! started at once on a store with no daemon all succeed, with exactly one daemon
 //! running afterwards.
 
-use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -24,11 +23,6 @@ fn lock_pid(store: &TestStore) -> Option<i32> {
     std::fs::read_to_string(store.dir.join("daemon.lock")).ok()?.trim().parse().ok()
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) {
-    let mut f = std::fs::File::create(path).unwrap_or_else(|e| panic!("creating {}: {e}", path.display()));
-    f.write_all(bytes).unwrap();
-    f.sync_all().unwrap();
-}
 
 /// Runs `pgbranch daemon` on `store_arg` in the foreground and waits for it to give up.
 fn second_daemon(store_arg: &Path) -> (std::process::ExitStatus, String) {

@@ -38,6 +38,9 @@ pub fn decode_record(bytes: &[u8]) -> Result<BranchRecord, FormatError> {
     postcard_exact(body, "catalog record")
 }
 
+/// A version-2 point's body: root, changed bytes, (position, last commit µs).
+type PointV2 = ([u8; 32], u64, Option<(u64, Option<u64>)>);
+
 /// A history point's value (its key holds the branch id and the time).
 pub fn encode_point(p: &Point) -> Result<Vec<u8>, FormatError> {
     let app = p.app.map(|a| (a.position, a.last_commit_unix_micros));
@@ -51,7 +54,7 @@ pub fn decode_point(at_unix_micros: u64, bytes: &[u8]) -> Result<Point, FormatEr
         let (root, changed_bytes): ([u8; 32], u64) = postcard_exact(body, "history point")?;
         (root, changed_bytes, None)
     } else {
-        let (root, changed_bytes, app): ([u8; 32], u64, Option<(u64, Option<u64>)>) = postcard_exact(body, "history point")?;
+        let (root, changed_bytes, app): PointV2 = postcard_exact(body, "history point")?;
         (root, changed_bytes, app)
     };
     let app = app.map(|(position, last_commit_unix_micros)| AppPosition { position, last_commit_unix_micros });
