@@ -163,7 +163,6 @@ fn a_following_store_with_history_stays_flat_without_manual_gc() {
     store.ok(&["verify"]);
 }
 
-
 #[test]
 fn a_daemon_killed_during_gc_loses_nothing() {
     let store = TestStore::new("gc-kill");

@@ -7,7 +7,8 @@
 //! its slot). Then for instants before and after the kill, `branch create --at T` and
 //! `--at-lsn L` each start as their own postgres holding exactly the marks committed at
 //! or before T (or L) — none later, none missing — with the pgbench invariant and
-//! pg_amcheck clean.
+//! pg_amcheck clean. Early on, main's restartpoint recycles WAL segments under future
+//! names, so the later points hold stale segments named after the one being written.
 
 use std::time::{Duration, Instant};
 
@@ -15,6 +16,24 @@ use pgbranch_integration::*;
 
 const MARKS: usize = 36;
 const KILL_AFTER: usize = 18;
+/// After this mark the source switches WAL segments and both checkpoint, so main's
+/// restartpoint recycles old segments under future names: later points hold them.
+const RECYCLE_AFTER: usize = 6;
+
+/// Main's pg_wal holds a segment named after the one it is replaying: a recycled one.
+fn recycled_segments(store: &TestStore) -> Vec<String> {
+    let main = store.branch_server("main");
+    let lsn = main.psql("postgres", "SELECT pg_last_wal_replay_lsn() - '0/0'::pg_lsn").unwrap().trim().parse::<u64>().unwrap();
+    let current = format!("{:08X}{:08X}{:08X}", 1, lsn >> 32, (lsn & 0xffff_ffff) / (16 << 20));
+    let mut names: Vec<String> = std::fs::read_dir(store.path("main").join("pg_wal"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() == 24 && n.as_str() > current.as_str())
+        .collect();
+    names.sort();
+    names
+}
 
 fn rfc3339(us: u64) -> String {
     pgbranch_fs::history::format_utc(us).replace('Z', "") + &format!(".{:06}Z", us % 1_000_000)
@@ -66,6 +85,16 @@ fn branches_of_a_followers_past_hold_exactly_what_was_committed_by_then() {
         acked.push(pgbranch_fs::history::now_unix_micros());
         lsns.push(source.server.psql("postgres", "SELECT pg_current_wal_lsn()").unwrap().trim().to_string());
         std::thread::sleep(Duration::from_millis(700));
+        if id == RECYCLE_AFTER {
+            for _ in 0..4 {
+                source.server.psql("postgres", "SELECT pg_switch_wal(); CREATE TEMP TABLE w AS SELECT 1; SELECT pg_switch_wal()").unwrap();
+            }
+            source.server.psql("postgres", "CHECKPOINT").unwrap();
+            wait_caught_up(&store);
+            store.branch_server("main").psql("postgres", "CHECKPOINT").unwrap();
+            let recycled = recycled_segments(&store);
+            assert!(!recycled.is_empty(), "main's restartpoint recycled segments ahead of its replay position");
+        }
         if id == KILL_AFTER {
             store.kill_daemon();
             std::thread::sleep(Duration::from_secs(1));

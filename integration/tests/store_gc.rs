@@ -2,11 +2,9 @@
 //! size to within 10 % of what the remaining branches need, and leaves their data
 //! intact.
 
-
 use pgbranch_integration::*;
 
 const MIB: usize = 1 << 20;
-
 
 #[test]
 fn gc_reclaims_deleted_branches() {

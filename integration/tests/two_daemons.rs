@@ -23,7 +23,6 @@ fn lock_pid(store: &TestStore) -> Option<i32> {
     std::fs::read_to_string(store.dir.join("daemon.lock")).ok()?.trim().parse().ok()
 }
 
-
 /// Runs `pgbranch daemon` on `store_arg` in the foreground and waits for it to give up.
 fn second_daemon(store_arg: &Path) -> (std::process::ExitStatus, String) {
     let mut second = Command::new(pgbranch_bin())

@@ -123,8 +123,12 @@ impl Daemon {
             .map(|e| e.file_name().to_string_lossy().into_owned())
             .filter(|n| is_wal_segment(n))
             .collect();
-        // Segments before the newest one the point holds are complete in it already.
-        let first_needed = have.iter().max().cloned().unwrap_or_default();
+        // Segments before the one the point was writing are complete in it already. That
+        // one is the newest whose first page says it is itself: postgres recycles old
+        // segments under future names, their pages still addressed as before.
+        let mut have = have;
+        have.sort_unstable();
+        let first_needed = have.iter().rev().find(|n| holds_its_own_wal(&wal.join(n), n)).or(have.first()).cloned().unwrap_or_default();
         let later: Vec<Point> = self.repo.history(src)?.into_iter().filter(|p| p.at_unix_micros > from.at_unix_micros).collect();
         let upto = match target {
             // The first point cut after the instant holds the WAL up to it.
@@ -158,6 +162,14 @@ impl Daemon {
                 }
             }
         }
+        if let Some((from_seg, to_seg)) = wal_gap(&first_needed, &staged) {
+            bail!(
+                "cannot make branch {name} exact to the target: WAL segments {from_seg} to {to_seg}, written by {src} after its point of {}, \
+                 are in no retained point (a checkpoint recycled them between two commits), so recovery would stop short of the target; \
+                 nothing was made (see `pgbranch branch log {src}` for the retained points)",
+                format_utc(from.at_unix_micros)
+            );
+        }
         // Not into pg_wal: postgres first replays all of pg_wal as crash recovery and
         // counts the copy consistent only at its end, which must stay the point's cut.
         let archive = self.layout.mount_point(name).join(pgbranch_replicator::pg::RECOVERY_ARCHIVE);
@@ -178,8 +190,74 @@ impl Daemon {
     }
 }
 
+/// A WAL segment's timeline and its number in the WAL (log id × segments per log id +
+/// segment), for segments of `seg_bytes`.
+fn segment_number(name: &str, seg_bytes: u64) -> Option<(u32, u64)> {
+    if !is_wal_segment(name) || seg_bytes == 0 {
+        return None;
+    }
+    let part = |r: std::ops::Range<usize>| u64::from_str_radix(&name[r], 16).ok();
+    let per_log = (1u64 << 32) / seg_bytes;
+    Some((part(0..8)? as u32, part(8..16)? * per_log + part(16..24)?))
+}
+
+/// Whether the WAL segment file at `path` (named `name`) holds WAL of its own position:
+/// its first page's `xlp_pageaddr` is the segment's start. A recycled segment, renamed
+/// ahead for reuse, still carries the addresses of the WAL it held before.
+fn holds_its_own_wal(path: &std::path::Path, name: &str) -> bool {
+    use std::io::Read;
+    let Ok(mut f) = std::fs::File::open(path) else { return false };
+    let seg_bytes = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let mut header = [0u8; 16];
+    if f.read_exact(&mut header).is_err() {
+        return false;
+    }
+    let page_addr = u64::from_le_bytes(header[8..16].try_into().unwrap_or_default());
+    segment_number(name, seg_bytes).is_some_and(|(_, n)| n * seg_bytes == page_addr)
+}
+
+/// The first missing run of segments between `first` (held by the point itself) and the
+/// newest staged one, on `first`'s timeline: WAL recovery cannot cross a gap.
+fn wal_gap(first: &str, staged: &std::collections::BTreeMap<String, Vec<u8>>) -> Option<(String, String)> {
+    let seg_bytes = staged.values().map(|b| b.len() as u64).max().filter(|l| l.is_power_of_two()).unwrap_or(16 << 20);
+    let (tli, start) = segment_number(first, seg_bytes)?;
+    let mut have: Vec<u64> =
+        staged.keys().filter_map(|n| segment_number(n, seg_bytes)).filter(|(t, _)| *t == tli).map(|(_, n)| n).collect();
+    have.push(start);
+    have.sort_unstable();
+    have.dedup();
+    let name = |n: u64| {
+        let per_log = (1u64 << 32) / seg_bytes;
+        format!("{tli:08X}{:08X}{:08X}", n / per_log, n % per_log)
+    };
+    have.windows(2).find(|w| w[1] > w[0] + 1).map(|w| (name(w[0] + 1), name(w[1] - 1)))
+}
+
 /// `us` as `YYYY-MM-DD HH:MM:SS.ffffff` (UTC), a timestamptz postgres reads exactly.
 fn format_utc_micros(us: u64) -> String {
     let secs = format_utc(us - us % 1_000_000);
     format!("{}.{:06}", secs.trim_end_matches('Z').replace('T', " "), us % 1_000_000)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn staged(names: &[&str]) -> BTreeMap<String, Vec<u8>> {
+        names.iter().map(|n| (n.to_string(), vec![0u8; 16 << 20])).collect()
+    }
+
+    #[test]
+    fn a_gap_in_the_staged_wal_is_found_also_across_a_log_id() {
+        let first = "0000000100000000000000FE";
+        assert_eq!(wal_gap(first, &staged(&["0000000100000000000000FE", "0000000100000000000000FF", "000000010000000100000000"])), None);
+        assert_eq!(
+            wal_gap(first, &staged(&["0000000100000000000000FF", "000000010000000100000002"])),
+            Some(("000000010000000100000000".into(), "000000010000000100000001".into()))
+        );
+        assert_eq!(wal_gap(first, &staged(&[])), None, "nothing staged: the point's own WAL");
+        // A later timeline's segments (after a promotion) are not this one's gap.
+        assert_eq!(wal_gap(first, &staged(&["0000000100000000000000FF", "000000020000000100000005"])), None);
+    }
 }
