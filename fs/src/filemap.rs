@@ -149,6 +149,43 @@ impl FileMap {
         Ok(())
     }
 
+    /// Writes `head` at byte `offset`, then the stored `blocks` (None: zeros) from the
+    /// block boundary `offset + head.len()`, then `tail`: one write whose whole blocks
+    /// are already in the store. Either it fails (reading a partly overwritten block)
+    /// and changes nothing, or it succeeds whole.
+    pub fn write_blocks(
+        &mut self,
+        store: &dyn ObjectStore,
+        offset: u64,
+        head: &[u8],
+        blocks: &[Option<Hash>],
+        tail: &[u8],
+    ) -> Result<(), StoreError> {
+        let bs = BLOCK_SIZE as u64;
+        let first = offset + head.len() as u64;
+        let end = first + blocks.len() as u64 * bs + tail.len() as u64;
+        if !first.is_multiple_of(bs) || head.len() >= BLOCK_SIZE || tail.len() >= BLOCK_SIZE {
+            return Err(StoreError::Index(format!(
+                "write-blocks op at byte {offset}: a {}-byte head and a {}-byte tail do not frame whole blocks",
+                head.len(),
+                tail.len()
+            )));
+        }
+        // The head's block and the tail's block are the only ones written in part.
+        let fetched = self.fetch_partial(store, offset, end)?;
+        self.install(fetched);
+        if !head.is_empty() {
+            self.write_in_block(offset / bs, (offset % bs) as usize, head);
+        }
+        for (i, hash) in blocks.iter().enumerate() {
+            self.set(first / bs + i as u64, hash.map_or(Slot::Hole, Slot::Stored));
+        }
+        if !tail.is_empty() {
+            self.write_in_block(end / bs, 0, tail);
+        }
+        Ok(())
+    }
+
     /// Makes bytes [start, end) of the file read as zeros, turning whole blocks into
     /// holes. Either it fails and changes nothing, or it succeeds whole.
     pub fn zero_range(&mut self, store: &dyn ObjectStore, start: u64, end: u64) -> Result<(), StoreError> {

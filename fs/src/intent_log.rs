@@ -104,8 +104,20 @@ fn spare_path(dir: &Path, n: usize) -> PathBuf {
     dir.join(format!("spare-{n}"))
 }
 
+/// Where a record starts: its segment and offset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogPosition {
+    pub seq: u64,
+    pub offset: u64,
+}
+
 /// Reads the ops of every segment numbered `from` or later, in order.
 pub fn read_ops(dir: &Path, from: u64) -> Result<Vec<Op>, LogError> {
+    Ok(read_logged(dir, from)?.into_iter().map(|(_, op)| op).collect())
+}
+
+/// [`read_ops`], with where each op's record starts.
+pub fn read_logged(dir: &Path, from: u64) -> Result<Vec<(LogPosition, Op)>, LogError> {
     let mut ops = Vec::new();
     let segments = list_segments(dir).map_err(|source| LogError::Io { path: dir.to_path_buf(), source })?;
     for seq in segments.into_iter().filter(|&s| s >= from) {
@@ -116,7 +128,7 @@ pub fn read_ops(dir: &Path, from: u64) -> Result<Vec<Op>, LogError> {
         let version = wire::check_segment_header(header, seq).map_err(|e| damaged(0, e))?;
         let mut pos = SEGMENT_HEADER_LEN as usize;
         while let Some((op, len)) = wire::read_record(version, seq, &bytes[pos..]).map_err(|e| damaged(pos, e))? {
-            ops.push(op);
+            ops.push((LogPosition { seq, offset: pos as u64 }, op));
             pos += len;
         }
         if let Some(later) = wire::durable_record_after(version, seq, &bytes, pos) {
@@ -130,6 +142,20 @@ pub fn read_ops(dir: &Path, from: u64) -> Result<Vec<Op>, LogError> {
         }
     }
     Ok(ops)
+}
+
+/// Ends the log at `at`: the record there and every later one, in its segment and in
+/// later segments, are removed, durably. For a replay that found a record it cannot
+/// apply and that was never acknowledged (see `Branch::open`): the records after it
+/// were not either, and must not replay after records appended from now on.
+pub fn cut(dir: &Path, at: LogPosition) -> io::Result<()> {
+    for seq in list_segments(dir)?.into_iter().filter(|&s| s > at.seq) {
+        std::fs::remove_file(segment_path(dir, seq))?;
+    }
+    let file = OpenOptions::new().write(true).open(segment_path(dir, at.seq))?;
+    file.set_len(at.offset.max(SEGMENT_HEADER_LEN))?;
+    file.sync_all()?;
+    sync_dir(dir)
 }
 
 fn sync_dir(dir: &Path) -> io::Result<()> {

@@ -7,6 +7,7 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::block::Hash;
 use crate::node::Time;
 
 /// Persisted in Create ops; tags in `format::tags`, encoding in `format::log`.
@@ -33,13 +34,78 @@ pub struct SetAttr {
 /// Persisted in the intent log; tags in `format::tags`, encoding in `format::log`.
 #[derive(Clone, Debug)]
 pub enum Op {
-    Create { parent: u64, name: Vec<u8>, ino: u64, kind: NewKind, mode: u32, uid: u32, gid: u32, rdev: u32, now: Time },
-    Link { ino: u64, parent: u64, name: Vec<u8>, now: Time },
-    Unlink { parent: u64, name: Vec<u8>, dir: bool, now: Time },
-    Rename { parent: u64, name: Vec<u8>, new_parent: u64, new_name: Vec<u8>, flags: u32, now: Time },
-    SetAttr { ino: u64, attr: SetAttr, now: Time },
-    Write { ino: u64, offset: u64, data: Vec<u8>, now: Time },
-    Fallocate { ino: u64, offset: u64, len: u64, mode: i32, now: Time },
-    SetXattr { ino: u64, name: Vec<u8>, value: Vec<u8>, flags: i32, now: Time },
-    RemoveXattr { ino: u64, name: Vec<u8>, now: Time },
+    Create {
+        parent: u64,
+        name: Vec<u8>,
+        ino: u64,
+        kind: NewKind,
+        mode: u32,
+        uid: u32,
+        gid: u32,
+        rdev: u32,
+        now: Time,
+    },
+    Link {
+        ino: u64,
+        parent: u64,
+        name: Vec<u8>,
+        now: Time,
+    },
+    Unlink {
+        parent: u64,
+        name: Vec<u8>,
+        dir: bool,
+        now: Time,
+    },
+    Rename {
+        parent: u64,
+        name: Vec<u8>,
+        new_parent: u64,
+        new_name: Vec<u8>,
+        flags: u32,
+        now: Time,
+    },
+    SetAttr {
+        ino: u64,
+        attr: SetAttr,
+        now: Time,
+    },
+    Write {
+        ino: u64,
+        offset: u64,
+        data: Vec<u8>,
+        now: Time,
+    },
+    /// A large write whose whole blocks were stored before it was logged: `head`
+    /// bytes at `offset`, then one block per entry of `blocks` (its hash; None for a
+    /// block of zeros) starting at the block boundary `offset + head.len()`, then
+    /// `tail` bytes. Only the hashes are in the log, so each byte is written once; the
+    /// blocks are durable in the store before any fsync covering this op returns.
+    WriteBlocks {
+        ino: u64,
+        offset: u64,
+        head: Vec<u8>,
+        blocks: Vec<Option<Hash>>,
+        tail: Vec<u8>,
+        now: Time,
+    },
+    Fallocate {
+        ino: u64,
+        offset: u64,
+        len: u64,
+        mode: i32,
+        now: Time,
+    },
+    SetXattr {
+        ino: u64,
+        name: Vec<u8>,
+        value: Vec<u8>,
+        flags: i32,
+        now: Time,
+    },
+    RemoveXattr {
+        ino: u64,
+        name: Vec<u8>,
+        now: Time,
+    },
 }

@@ -77,6 +77,11 @@ pub trait ObjectStore: Send + Sync {
     fn sweep(&self, live: &HashSet<Hash>) -> Result<SweepStats, StoreError>;
     /// Every object's hash, for verification.
     fn all_objects(&self) -> Result<Vec<Hash>, StoreError>;
+    /// Bytes put and not yet made durable by [`ObjectStore::flush`] (kept in memory
+    /// until then): writers that store directly flush once this grows large.
+    fn unflushed_bytes(&self) -> u64 {
+        0
+    }
 }
 
 /// An object put since the last successful flush.
@@ -95,6 +100,8 @@ pub struct LocalStore {
     /// keeps its payload until it is durable, so that after a failed fsync it can be
     /// written again to a new pack (the failed pack's pages may be gone).
     pending: RwLock<HashMap<Hash, Pending>>,
+    /// Payload bytes in `pending`.
+    pending_bytes: std::sync::atomic::AtomicU64,
     readers: RwLock<HashMap<u32, Arc<File>>>,
     /// While GC runs: puts that found their object already stored in a sealed pack.
     /// Puts hold this for reading across lookup and record; GC's index updates hold it
@@ -130,6 +137,7 @@ impl LocalStore {
             index,
             active: Mutex::new(active),
             pending: RwLock::new(HashMap::new()),
+            pending_bytes: std::sync::atomic::AtomicU64::new(0),
             readers: RwLock::new(HashMap::new()),
             revivals: RwLock::new(None),
         })
@@ -238,6 +246,7 @@ impl ObjectStore for LocalStore {
         }
         self.replace_failed_pack(&mut active)?;
         let loc = active.append(hash, &payload)?;
+        self.pending_bytes.fetch_add(payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
         self.pending.write().insert(*hash, Pending { loc, payload });
         Ok(())
     }
@@ -267,7 +276,9 @@ impl ObjectStore for LocalStore {
         self.index_pending(&entries, &[])?;
         let mut pending = self.pending.write();
         for (h, _) in &entries {
-            pending.remove(h);
+            if let Some(p) = pending.remove(h) {
+                self.pending_bytes.fetch_sub(p.payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
         }
         if active.len() > PACK_TARGET_BYTES {
             let next = active.number + 1;
@@ -305,6 +316,10 @@ impl ObjectStore for LocalStore {
             }
             Ok(out)
         })?)
+    }
+
+    fn unflushed_bytes(&self) -> u64 {
+        self.pending_bytes.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     fn sweep(&self, live: &HashSet<Hash>) -> Result<SweepStats, StoreError> {

@@ -43,6 +43,7 @@ fn ops() -> Vec<(&'static str, Op)> {
         ("fallocate", Op::Fallocate { ino: 2, offset: 0, len: 16384, mode: -1, now: T }),
         ("set_xattr", Op::SetXattr { ino: 2, name: b"user.a".to_vec(), value: b"v".to_vec(), flags: 2, now: T }),
         ("remove_xattr", Op::RemoveXattr { ino: 2, name: b"user.a".to_vec(), now: T }),
+        ("write_blocks", Op::WriteBlocks { ino: 2, offset: 8190, head: vec![1, 2], blocks: vec![Some(h(3)), None], tail: vec![4], now: T }),
     ]
 }
 
@@ -59,6 +60,7 @@ const OPS: &[(&str, &str)] = &[
     ("fallocate", "0702008080010180c49fd50c07"),
     ("set_xattr", "080206757365722e6101760480c49fd50c07"),
     ("remove_xattr", "090206757365722e6180c49fd50c07"),
+    ("write_blocks", "0a02fe3f0201020201030303030303030303030303030303030303030303030303030303030303030300010480c49fd50c07"),
 ];
 
 fn attr(mode: u32) -> Attr {

@@ -10,7 +10,9 @@
 //! body) | body`. The body
 //! one [`Op`]: `tag u8` (see [`super::tags`]), then for a write a flat layout (`ino u64
 //! LE | offset u64 LE | secs i64 LE | nanos u32 LE | data`), for every other op the
-//! postcard encoding of its fields, in the order listed in [`encode_op`].
+//! postcard encoding of its fields, in the order listed in [`encode_op`]. Op tags are
+//! only ever added (a write-blocks op, tag 10, came with bulk writes): an older
+//! pgbranch refuses a log holding a tag it does not know, naming it.
 
 use serde::de::SeqAccess;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -159,6 +161,9 @@ pub fn encode_op(op: &Op, out: &mut Vec<u8>) -> Result<(), FormatError> {
         Op::Fallocate { ino, offset, len, mode, now } => tagged_body(out, OP_FALLOCATE, &(ino, offset, len, mode, now)),
         Op::SetXattr { ino, name, value, flags, now } => tagged_body(out, OP_SET_XATTR, &(ino, name, value, flags, now)),
         Op::RemoveXattr { ino, name, now } => tagged_body(out, OP_REMOVE_XATTR, &(ino, name, now)),
+        Op::WriteBlocks { ino, offset, head, blocks, tail, now } => {
+            tagged_body(out, OP_WRITE_BLOCKS, &(ino, offset, head, blocks, tail, now))
+        }
     }
 }
 
@@ -209,6 +214,10 @@ pub fn decode_op(bytes: &[u8]) -> Result<Op, FormatError> {
         OP_REMOVE_XATTR => {
             let (ino, name, now) = postcard_exact(body, "removexattr op")?;
             Op::RemoveXattr { ino, name, now }
+        }
+        OP_WRITE_BLOCKS => {
+            let (ino, offset, head, blocks, tail, now) = postcard_exact(body, "write-blocks op")?;
+            Op::WriteBlocks { ino, offset, head, blocks, tail, now }
         }
         _ => return Err(FormatError::malformed("op", format!("unknown op tag {tag} (written by a newer pgbranch?)"))),
     })

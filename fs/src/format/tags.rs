@@ -23,6 +23,7 @@ pub const OP_SET_ATTR: u8 = 6;
 pub const OP_FALLOCATE: u8 = 7;
 pub const OP_SET_XATTR: u8 = 8;
 pub const OP_REMOVE_XATTR: u8 = 9;
+pub const OP_WRITE_BLOCKS: u8 = 10;
 
 // `op::NewKind`, inside a Create op.
 pub const NEW_FILE: u8 = 0;

@@ -391,12 +391,12 @@ impl Filesystem for BranchFs {
             });
         }
         let growth_refused = self.space.growth_refused();
-        let r = self.branch.update(|tree| {
+        let r = self.branch.write(ino.0, offset, data, |tree| {
             let size = tree.inode(ino.0)?.size();
             if growth_refused && offset.saturating_add(data.len() as u64) > size {
                 return Err(Errno(libc::ENOSPC));
             }
-            Ok((Op::Write { ino: ino.0, offset, data: data.to_vec(), now: Time::now() }, ()))
+            Ok(())
         });
         match r {
             Ok(()) => reply.written(data.len() as u32),

@@ -34,6 +34,11 @@ impl<'a> Marker<'a> {
         })
     }
 
+    /// Marks one object that no tree names yet (a block a large write stored).
+    pub fn mark_object(&mut self, hash: Hash) -> Result<(), StoreError> {
+        self.live.insert(hash)
+    }
+
     pub fn finish(self) -> super::LiveSet {
         self.live.finish()
     }

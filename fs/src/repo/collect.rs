@@ -1,5 +1,5 @@
 //! The repository's GC: what is live (every head, every retained point, every pinned
-//! root), a collection alongside commits, and the automatic policy that keeps the store
+//! root, every block a large write stored ahead of its commit), a collection alongside commits, and the automatic policy that keeps the store
 //! within a bound of what it needs.
 //!
 //! A collection (`gc::plan`, `gc::execute`) runs while branches commit. It excludes
@@ -141,7 +141,7 @@ impl Repository {
         let expired = self.expired_bytes.load(Ordering::Relaxed);
         let started_at_bytes = store.physical_bytes()?;
         let active = store.seal()?;
-        let (tracking, roots) = {
+        let (tracking, roots, written) = {
             // Waits for commits in flight: a commit's objects are either reachable from
             // a root read here, or stored (or revived) after tracking began.
             let _no_commits = self.gc_lock.write();
@@ -165,11 +165,16 @@ impl Repository {
             for root in self.pinned.lock().keys() {
                 roots.push(("a point being read".to_string(), *root));
             }
-            (tracking, roots)
+            // Blocks large writes stored that only a live tree and its intent log name.
+            let written: Vec<Hash> = self.branches().iter().flat_map(|b| b.bulk_pins()).collect();
+            (tracking, roots, written)
         };
         let mut marker = Marker::new(store, LiveSetBuilder::new(Some(&self.gc_spill_dir()))?);
         for (what, root) in &roots {
             marker.mark(what, root)?;
+        }
+        for hash in written {
+            marker.mark_object(hash)?;
         }
         let live = marker.finish();
         let mut plan = gc::plan(store, active, &live, keep_percent)?;

@@ -82,6 +82,22 @@ impl Tree {
                 a.ctime = *now;
                 Ok(())
             }
+            Op::WriteBlocks { ino, offset, head, blocks, tail, now } => {
+                let len = (head.len() as u64)
+                    .checked_add((blocks.len() as u64).checked_mul(crate::block::BLOCK_SIZE as u64).ok_or(err(libc::EFBIG))?)
+                    .and_then(|n| n.checked_add(tail.len() as u64))
+                    .ok_or(err(libc::EFBIG))?;
+                let end = offset.checked_add(len).ok_or(err(libc::EFBIG))?;
+                self.with_map(*ino, |store, size, map| {
+                    map.write_blocks(store, *offset, head, blocks, tail)?;
+                    *size = (*size).max(end);
+                    Ok(())
+                })?;
+                let a = self.attr_mut(*ino)?;
+                a.mtime = *now;
+                a.ctime = *now;
+                Ok(())
+            }
             Op::Fallocate { ino, offset, len, mode, now } => self.fallocate(*ino, *offset, *len, *mode, *now),
             Op::SetXattr { ino, name, value, flags, now } => {
                 self.mark(*ino);
