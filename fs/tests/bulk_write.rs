@@ -5,46 +5,19 @@
 
 mod common;
 
-use common::create_file;
+use common::{contents, create_file, noise};
 use pgbranch_fs::branch::BULK_MIN_BLOCKS;
 use pgbranch_fs::intent_log;
 use pgbranch_fs::node::ROOT_INO;
 use pgbranch_fs::op::Op;
 use pgbranch_fs::repo::Repository;
-use pgbranch_fs::tree::BlockSource;
 
-const BLOCK: usize = 8192;
+use common::BLOCK;
 
 fn read(repo: &Repository, branch: &str, name: &str) -> Vec<u8> {
     let b = repo.get(branch).unwrap();
     let ino = b.tree().lookup(ROOT_INO, name.as_bytes()).unwrap();
-    b.with_tree_mut(|t| t.load_map(ino)).unwrap();
-    let tree = b.tree();
-    let size = tree.inode(ino).unwrap().size();
-    let (n, plan) = tree.read_plan(ino, 0, size as u32).unwrap();
-    let mut out = Vec::new();
-    for src in plan {
-        match src {
-            BlockSource::Hole => out.extend_from_slice(&[0u8; BLOCK]),
-            BlockSource::Dirty(d) => out.extend_from_slice(&d),
-            BlockSource::Stored(h) => out.extend_from_slice(&tree.store().get(&h).unwrap()),
-        }
-    }
-    out.truncate(n as usize);
-    out
-}
-
-/// Distinct, poorly compressible bytes.
-fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    b.with_tree_mut(|t| contents(t, ino))
 }
 
 fn log_ops(repo: &Repository, dir: &std::path::Path, branch: &str) -> Vec<Op> {
@@ -54,6 +27,13 @@ fn log_ops(repo: &Repository, dir: &std::path::Path, branch: &str) -> Vec<Op> {
 
 fn write(repo: &Repository, branch: &str, ino: u64, offset: u64, data: &[u8]) {
     repo.get(branch).unwrap().write(ino, offset, data, |_| Ok(())).unwrap();
+}
+
+/// The file's bytes after `data` was written at `offset` of an empty file.
+fn written(offset: u64, data: &[u8]) -> Vec<u8> {
+    let mut want = vec![0u8; offset as usize];
+    want.extend_from_slice(data);
+    want
 }
 
 /// An unaligned write: a 5000-byte head, 39 whole blocks (one of zeros), a tail.
@@ -87,8 +67,7 @@ fn a_large_write_logs_hashes_and_survives_a_reopen_after_sync() {
         assert_eq!(repo.get("a").unwrap().dirty_blocks(), 3);
     }
     let repo = Repository::open(dir.path()).unwrap();
-    let mut want = vec![0u8; offset as usize];
-    want.extend_from_slice(&data);
+    let mut want = written(offset, &data);
     want[100..105].copy_from_slice(b"small");
     assert_eq!(read(&repo, "a", "f"), want);
     repo.commit_all().unwrap();
@@ -140,8 +119,7 @@ fn gc_keeps_blocks_that_only_an_uncommitted_large_write_names() {
     // reaches them.
     let report = repo.auto_gc().unwrap().expect("the first automatic pass collects");
     assert_eq!(report.objects_removed, 0, "{report:?}");
-    let mut want = vec![0u8; offset as usize];
-    want.extend_from_slice(&data);
+    let want = written(offset, &data);
     assert_eq!(read(&repo, "a", "f"), want);
     repo.commit_all().unwrap();
     repo.gc().unwrap();

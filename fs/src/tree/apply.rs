@@ -7,6 +7,7 @@ use super::{err, Content, FsResult, Inode, MapState, Tree, S_IFMT};
 use crate::filemap::FileMap;
 use crate::node::{Attr, Time};
 use crate::op::{NewKind, Op, SetAttr};
+use crate::store::{ObjectStore, StoreError};
 
 impl Tree {
     /// Applies one mutation. Either it fails and changes nothing, or it succeeds whole.
@@ -71,32 +72,14 @@ impl Tree {
             }
             Op::SetAttr { ino, attr, now } => self.set_attr(*ino, attr, *now),
             Op::Write { ino, offset, data, now } => {
-                let end = offset.checked_add(data.len() as u64).ok_or(err(libc::EFBIG))?;
-                self.with_map(*ino, |store, size, map| {
-                    map.write(store, *offset, data)?;
-                    *size = (*size).max(end);
-                    Ok(())
-                })?;
-                let a = self.attr_mut(*ino)?;
-                a.mtime = *now;
-                a.ctime = *now;
-                Ok(())
+                let len = data.len() as u64;
+                self.write_range(*ino, *offset, Some(len), *now, |store, map| map.write(store, *offset, data))
             }
             Op::WriteBlocks { ino, offset, head, blocks, tail, now } => {
-                let len = (head.len() as u64)
-                    .checked_add((blocks.len() as u64).checked_mul(crate::block::BLOCK_SIZE as u64).ok_or(err(libc::EFBIG))?)
-                    .and_then(|n| n.checked_add(tail.len() as u64))
-                    .ok_or(err(libc::EFBIG))?;
-                let end = offset.checked_add(len).ok_or(err(libc::EFBIG))?;
-                self.with_map(*ino, |store, size, map| {
-                    map.write_blocks(store, *offset, head, blocks, tail)?;
-                    *size = (*size).max(end);
-                    Ok(())
-                })?;
-                let a = self.attr_mut(*ino)?;
-                a.mtime = *now;
-                a.ctime = *now;
-                Ok(())
+                let len = (blocks.len() as u64)
+                    .checked_mul(crate::block::BLOCK_SIZE as u64)
+                    .and_then(|n| n.checked_add(head.len() as u64 + tail.len() as u64));
+                self.write_range(*ino, *offset, len, *now, |store, map| map.write_blocks(store, *offset, head, blocks, tail))
             }
             Op::Fallocate { ino, offset, len, mode, now } => self.fallocate(*ino, *offset, *len, *mode, *now),
             Op::SetXattr { ino, name, value, flags, now } => {
@@ -258,6 +241,30 @@ impl Tree {
             a.mtime = now;
             a.ctime = now;
         }
+        Ok(())
+    }
+}
+
+impl Tree {
+    /// A write of `len` bytes at `offset` (None: the length overflowed): `write` changes
+    /// the map, then the size grows to cover the range and mtime/ctime move to `now`.
+    fn write_range(
+        &mut self,
+        ino: u64,
+        offset: u64,
+        len: Option<u64>,
+        now: Time,
+        write: impl FnOnce(&dyn ObjectStore, &mut FileMap) -> Result<(), StoreError>,
+    ) -> FsResult<()> {
+        let end = len.and_then(|len| offset.checked_add(len)).ok_or(err(libc::EFBIG))?;
+        self.with_map(ino, |store, size, map| {
+            write(store, map)?;
+            *size = (*size).max(end);
+            Ok(())
+        })?;
+        let a = self.attr_mut(ino)?;
+        a.mtime = now;
+        a.ctime = now;
         Ok(())
     }
 }
