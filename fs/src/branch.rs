@@ -85,6 +85,9 @@ struct BulkPins {
     applied: Vec<Hash>,
     /// Bytes of those blocks (zeros excluded): part of what the next commit changed.
     applied_bytes: u64,
+    /// Blocks those writes covered, zeros included: they count towards the next commit
+    /// as much as dirty blocks do (see [`Branch::uncommitted_blocks`]).
+    applied_blocks: u64,
 }
 
 /// How a write splits into a partial head block, whole blocks and a partial tail.
@@ -336,6 +339,14 @@ impl Branch {
         self.tree.read().dirty_blocks()
     }
 
+    /// Blocks written since the last commit: dirty ones held in memory plus those large
+    /// writes stored directly. A commit is due once they pass the soft limit, however
+    /// they were written, so a follower's history keeps a point every 16 MiB of WAL (a
+    /// restartpoint can recycle segments written between two points).
+    pub fn uncommitted_blocks(&self) -> u64 {
+        self.dirty_blocks() + self.bulk_pins.lock().applied_blocks
+    }
+
     pub fn open_handles(&self) -> u64 {
         self.tree.read().open_handles()
     }
@@ -370,9 +381,9 @@ impl Branch {
         let cut_unix_micros = crate::history::now_unix_micros();
         let root = tree.commit().map_err(err)?;
         // Large writes applied so far are in `root`; later ones are not.
-        let (pins_covered, bulk_bytes) = {
+        let (pins_covered, bulk_bytes, bulk_blocks) = {
             let pins = self.bulk_pins.lock();
-            (pins.applied.len(), pins.applied_bytes)
+            (pins.applied.len(), pins.applied_bytes, pins.applied_blocks)
         };
         drop(tree);
         store.flush().map_err(err)?;
@@ -381,7 +392,7 @@ impl Branch {
         let committed = Committed { root, log_seq, cut_unix_micros, changed_bytes };
         persist(&committed).map_err(|e| BranchError::Persist { name: self.name.clone(), message: e })?;
         *self.head.lock() = root;
-        self.bulk_pins.lock().release(pins_covered, bulk_bytes);
+        self.bulk_pins.lock().release(pins_covered, bulk_bytes, bulk_blocks);
         self.sync_failures_cleared.fetch_max(failures_covered, Ordering::SeqCst);
         self.trim_log(log_seq)?;
         Ok(root)
@@ -415,13 +426,16 @@ impl BulkPins {
             let before = self.applied.len();
             self.applied.extend(blocks.iter().flatten());
             self.applied_bytes += (self.applied.len() - before) as u64 * BLOCK_SIZE as u64;
+            self.applied_blocks += blocks.len() as u64;
         }
     }
 
-    /// A commit holding the first `covered` applied pins (`bytes` of blocks) is durable.
-    fn release(&mut self, covered: usize, bytes: u64) {
+    /// A commit holding the first `covered` applied pins (`bytes` of blocks, `blocks`
+    /// counting zeros) is durable.
+    fn release(&mut self, covered: usize, bytes: u64, blocks: u64) {
         self.applied.drain(..covered.min(self.applied.len()));
         self.applied_bytes = self.applied_bytes.saturating_sub(bytes);
+        self.applied_blocks = self.applied_blocks.saturating_sub(blocks);
     }
 }
 

@@ -136,8 +136,7 @@ impl BranchFs {
     }
 
     fn throttle_writes(&self) {
-        let dirty = self.branch.dirty_blocks();
-        if dirty >= self.signal.soft_limit {
+        if self.branch.uncommitted_blocks() >= self.signal.soft_limit {
             self.signal.nudge();
             let mut waited = 0;
             while self.branch.dirty_blocks() >= self.signal.hard_limit && waited < 5000 {
