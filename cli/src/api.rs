@@ -591,6 +591,10 @@ pub struct Usage {
     pub distinct_bytes: u64,
     pub stored_block_bytes: u64,
     pub tree_node_bytes: u64,
+    /// Stored bytes no head and no retained point reaches (what `gc` would reclaim,
+    /// less blocks of large writes not yet committed).
+    #[serde(default)]
+    pub unreferenced_bytes: u64,
     pub compression_ratio: f64,
     pub dedup_ratio: f64,
     /// Why a branch could not be committed first (e.g. a full disk), if one could not.

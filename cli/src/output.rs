@@ -100,6 +100,10 @@ pub fn du(u: &Usage, json: bool) -> Result<()> {
     }
     println!();
     println!("store physical size: {}", bytes(u.physical_bytes));
+    println!(
+        "unreferenced:        {} (reached by no branch, snapshot or retained point: `pgbranch gc` removes it)",
+        bytes(u.unreferenced_bytes)
+    );
     println!("compression ratio:   {:.2}x", u.compression_ratio);
     println!("dedup ratio:         {:.2}x", u.dedup_ratio);
     Ok(())

@@ -6,7 +6,8 @@
 //! [`branch`] and [`catalog`] (branches and their heads), [`redb_file`] (the file
 //! under the index and the catalog, durable when it grows), [`repo`] (the whole store:
 //! create, snapshot, GC, verify, usage), [`space`] (the margin kept on a nearly full
-//! disk), [`sys`] (the libc calls, the crate's only `unsafe`), [`gc`] (GC's plan and its execution) and
+//! disk), [`sys`] (the libc calls, the crate's only `unsafe`), [`runs`] (external sorting in bounded
+//! memory), [`gc`] (GC's plan and its execution) and
 //! [`fuse`] (the kernel-facing filesystem).
 //! Nothing here knows about postgres.
 
@@ -25,6 +26,7 @@ pub mod op;
 pub mod pack;
 pub(crate) mod redb_file;
 pub mod repo;
+pub mod runs;
 pub mod space;
 pub mod store;
 pub mod sys;

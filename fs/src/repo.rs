@@ -22,8 +22,10 @@ use crate::walk;
 
 mod collect;
 mod history;
+mod usage;
 pub use collect::{GcActivity, PlannedGc, AUTO_GROWTH_MIN_BYTES, AUTO_GROWTH_PERCENT, AUTO_KEEP_PACK_LIVE_PERCENT};
 pub use history::{OutsideHistory, PointFiles};
+pub use usage::{BranchUsage, Usage};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RepoError {
@@ -81,6 +83,8 @@ pub struct Repository {
     pinned: parking_lot::Mutex<HashMap<Hash, usize>>,
     /// One GC at a time, manual or automatic.
     gc_running: parking_lot::Mutex<()>,
+    /// One `du` at a time: they share a spill directory.
+    du_running: parking_lot::Mutex<()>,
     /// What GC has done, for `status`.
     gc_activity: parking_lot::Mutex<collect::GcActivity>,
     /// Branches whose last commit failed: it may have stored blocks that their live
@@ -89,43 +93,6 @@ pub struct Repository {
     /// Estimated bytes history thinning has made garbage since the daemon started
     /// (`Catalog::put_head`): the automatic GC's second trigger, besides growth.
     expired_bytes: std::sync::atomic::AtomicU64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct BranchUsage {
-    pub name: String,
-    pub kind: &'static str,
-    /// Bytes of data the branch references (uncompressed, holes excluded).
-    pub logical_bytes: u64,
-    /// Stored bytes referenced by this branch and no other.
-    pub unique_bytes: u64,
-    /// Stored bytes this branch shares with at least one other.
-    pub shared_bytes: u64,
-    /// Bytes written to the branch and not yet in a commit (its dirty blocks), which
-    /// the other figures do not count.
-    pub uncommitted_bytes: u64,
-    /// Stored bytes its retained points hold that no head does (an object kept by two
-    /// branches' histories is counted for the first): what its history costs.
-    pub history_bytes: u64,
-    /// Its retained points.
-    pub history_points: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Usage {
-    pub branches: Vec<BranchUsage>,
-    pub physical_bytes: u64,
-    /// Uncompressed bytes of distinct blocks.
-    pub distinct_bytes: u64,
-    /// Stored bytes of distinct blocks.
-    pub stored_block_bytes: u64,
-    /// Stored bytes of distinct tree nodes (block maps, inode tables, roots).
-    pub tree_node_bytes: u64,
-    pub compression_ratio: f64,
-    pub dedup_ratio: f64,
-    /// Why a branch could not be committed first (e.g. the disk is full): the figures
-    /// then count each branch's last commit, plus its `uncommitted_bytes`.
-    pub commit_error: Option<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -160,6 +127,7 @@ impl Repository {
             default_retention_secs: std::sync::atomic::AtomicU64::new(0),
             pinned: parking_lot::Mutex::new(HashMap::new()),
             gc_running: parking_lot::Mutex::new(()),
+            du_running: parking_lot::Mutex::new(()),
             gc_activity: parking_lot::Mutex::new(collect::GcActivity::default()),
             failed_commits: parking_lot::Mutex::new(HashSet::new()),
             expired_bytes: std::sync::atomic::AtomicU64::new(0),
@@ -334,109 +302,6 @@ impl Repository {
             std::fs::remove_dir_all(&dir).map_err(io_err(format!("removing the intent log of {name}")))?;
         }
         Ok(())
-    }
-
-    /// Per-branch logical, unique and shared bytes, and the store's ratios. Commits
-    /// every branch first; a branch that cannot be committed (a full disk) is counted
-    /// at its last commit plus its dirty blocks, and the error is reported, not raised,
-    /// so `du` works when it is needed most.
-    pub fn usage(&self) -> Result<Usage, RepoError> {
-        let mut commit_error = None;
-        for b in self.branches() {
-            if let Err(e) = self.commit_branch(&b) {
-                tracing::warn!(branch = %b.name, "du counts the last commit of {}: {e}", b.name);
-                commit_error.get_or_insert_with(|| e.to_string());
-            }
-        }
-        let dirty: HashMap<String, u64> = self.branches().iter().map(|b| (b.name.clone(), b.dirty_blocks())).collect();
-        let records = self.catalog.list()?;
-        let mut per_branch: Vec<(BranchRecord, HashSet<Hash>, u64)> = Vec::new();
-        let mut refs: HashMap<Hash, u32> = HashMap::new();
-        let mut nodes: HashSet<Hash> = HashSet::new();
-        for rec in records {
-            let listing = walk::list(self.store.as_ref(), &rec.root, None);
-            nodes.extend(listing.nodes.iter().copied());
-            let mut blocks = HashSet::new();
-            let mut logical = 0u64;
-            for f in &listing.files {
-                logical += f.blocks.len() as u64 * BLOCK_SIZE as u64;
-                blocks.extend(f.blocks.iter().map(|(_, h)| *h));
-            }
-            for h in &blocks {
-                *refs.entry(*h).or_default() += 1;
-            }
-            per_branch.push((rec, blocks, logical));
-        }
-        let mut sizes = HashMap::new();
-        for h in refs.keys() {
-            sizes.insert(*h, self.store.stored_size(h)?.unwrap_or(0));
-        }
-        // What history costs: objects retained points reach that no head does.
-        let mut seen = nodes.clone();
-        let mut counted: HashSet<Hash> = HashSet::new();
-        let mut history: HashMap<u64, (u64, u64)> = HashMap::new();
-        for (rec, _, _) in &per_branch {
-            let points = self.catalog.history(rec.id)?;
-            let mut bytes = 0u64;
-            for p in &points {
-                let store = self.store.as_ref();
-                let visited = walk::visit_new(store, &p.root, &mut seen, &mut |h, _| -> Result<(), StoreError> {
-                    if !refs.contains_key(&h) && counted.insert(h) {
-                        bytes += store.stored_size(&h)?.unwrap_or(0);
-                    }
-                    Ok(())
-                });
-                match visited {
-                    Ok(()) => {}
-                    Err(walk::VisitError::Visitor(e)) => return Err(e.into()),
-                    Err(walk::VisitError::Node(e)) => {
-                        tracing::warn!(branch = %rec.name, "du: a retained point of {} has a damaged node: {e}", rec.name)
-                    }
-                }
-            }
-            history.insert(rec.id, (bytes, points.len() as u64));
-        }
-        let branches = per_branch
-            .iter()
-            .map(|(rec, blocks, logical)| {
-                let (mut unique, mut shared) = (0, 0);
-                for h in blocks {
-                    if refs[h] > 1 {
-                        shared += sizes[h];
-                    } else {
-                        unique += sizes[h];
-                    }
-                }
-                BranchUsage {
-                    name: rec.name.clone(),
-                    kind: rec.kind.as_str(),
-                    logical_bytes: *logical,
-                    unique_bytes: unique,
-                    shared_bytes: shared,
-                    uncommitted_bytes: dirty.get(&rec.name).copied().unwrap_or(0) * BLOCK_SIZE as u64,
-                    history_bytes: history.get(&rec.id).map_or(0, |h| h.0),
-                    history_points: history.get(&rec.id).map_or(0, |h| h.1),
-                }
-            })
-            .collect();
-        let mut tree_node_bytes = 0;
-        for h in &nodes {
-            tree_node_bytes += self.store.stored_size(h)?.unwrap_or(0);
-        }
-        let distinct_bytes = refs.len() as u64 * BLOCK_SIZE as u64;
-        let stored_block_bytes: u64 = sizes.values().sum();
-        let total_logical: u64 = per_branch.iter().map(|(_, _, l)| l).sum();
-        let ratio = |a: u64, b: u64| if b == 0 { 1.0 } else { a as f64 / b as f64 };
-        Ok(Usage {
-            branches,
-            physical_bytes: self.store.physical_bytes()?,
-            distinct_bytes,
-            stored_block_bytes,
-            tree_node_bytes,
-            compression_ratio: ratio(distinct_bytes, stored_block_bytes),
-            dedup_ratio: ratio(total_logical, distinct_bytes),
-            commit_error,
-        })
     }
 
     /// Reads and checks every object every branch and snapshot reaches.

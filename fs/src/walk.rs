@@ -44,7 +44,17 @@ pub enum VisitError<E> {
 /// What [`visit_new`] hands the visitor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObjectKind {
+    /// The tree's root or an inode leaf.
     Node,
+    /// A file's block map (a node), new: its leaves follow.
+    Map,
+    /// A leaf of a block map (a node), new: its blocks follow.
+    MapLeaf,
+    /// A file's block map, or a leaf of the map being visited, already in `seen`, so
+    /// nothing below it is visited again. Not a new object: reported so that a caller
+    /// can count each file's blocks (see `du`'s logical bytes).
+    SeenMap,
+    SeenMapLeaf,
     Block,
 }
 
@@ -58,30 +68,34 @@ pub fn visit_new<E>(
     seen: &mut HashSet<Hash>,
     f: &mut dyn FnMut(Hash, ObjectKind) -> Result<(), E>,
 ) -> Result<(), VisitError<E>> {
-    let node = |h: &Hash, seen: &mut HashSet<Hash>, f: &mut dyn FnMut(Hash, ObjectKind) -> Result<(), E>| {
+    // Whether `h` is new (then `new` was reported), else `old` was (if any).
+    let node = |h: &Hash, seen: &mut HashSet<Hash>, f: &mut dyn FnMut(Hash, ObjectKind) -> Result<(), E>, new, old: Option<ObjectKind>| {
         if !seen.insert(*h) {
+            if let Some(old) = old {
+                f(*h, old).map_err(VisitError::Visitor)?;
+            }
             return Ok(false);
         }
-        f(*h, ObjectKind::Node).map_err(VisitError::Visitor)?;
+        f(*h, new).map_err(VisitError::Visitor)?;
         Ok(true)
     };
-    if !node(root, seen, f)? {
+    if !node(root, seen, f, ObjectKind::Node, None)? {
         return Ok(());
     }
     let tree: TreeRoot = node::get_node(store, root).map_err(VisitError::Node)?;
     for (_, leaf_hash) in &tree.leaves {
-        if !node(leaf_hash, seen, f)? {
+        if !node(leaf_hash, seen, f, ObjectKind::Node, None)? {
             continue;
         }
         let leaf: InodeLeaf = node::get_node(store, leaf_hash).map_err(VisitError::Node)?;
         for (_, record) in &leaf.inodes {
             let StoredContent::File { map: Some(map_root), .. } = &record.content else { continue };
-            if !node(map_root, seen, f)? {
+            if !node(map_root, seen, f, ObjectKind::Map, Some(ObjectKind::SeenMap))? {
                 continue;
             }
             let map: MapRoot = node::get_node(store, map_root).map_err(VisitError::Node)?;
             for map_leaf in map.leaves.iter().flatten() {
-                if !node(map_leaf, seen, f)? {
+                if !node(map_leaf, seen, f, ObjectKind::MapLeaf, Some(ObjectKind::SeenMapLeaf))? {
                     continue;
                 }
                 let blocks: MapLeaf = node::get_node(store, map_leaf).map_err(VisitError::Node)?;

@@ -6,168 +6,67 @@
 //! file; membership is then answered by merging the runs in hash order — the order in
 //! which the index is scanned — so GC holds one buffer and one cursor per run.
 
-use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use crate::block::Hash;
+use crate::runs::{Merged, Runs, RunsBuilder};
 use crate::store::StoreError;
 
-/// Hashes buffered before a run is written: 8 MiB of memory.
-const RUN_HASHES: usize = 256 * 1024;
-
 /// Collects live hashes; [`LiveSetBuilder::finish`] gives the [`LiveSet`].
-pub struct LiveSetBuilder {
-    spill_dir: Option<PathBuf>,
-    buffer: Vec<Hash>,
-    runs: Vec<PathBuf>,
-    run_limit: usize,
-}
+pub struct LiveSetBuilder(RunsBuilder<Hash>);
 
 impl LiveSetBuilder {
     /// A builder that writes runs into `spill_dir` (created if absent, emptied of old
     /// runs); with `None` everything stays in memory (tests, the in-memory store).
     pub fn new(spill_dir: Option<&Path>) -> Result<LiveSetBuilder, StoreError> {
-        if let Some(dir) = spill_dir {
-            if dir.exists() {
-                std::fs::remove_dir_all(dir)?;
-            }
-            std::fs::create_dir_all(dir)?;
-        }
-        Ok(LiveSetBuilder { spill_dir: spill_dir.map(Path::to_path_buf), buffer: Vec::new(), runs: Vec::new(), run_limit: RUN_HASHES })
+        Ok(LiveSetBuilder(RunsBuilder::new(spill_dir)?))
     }
 
     /// The same with a smaller buffer, so tests can make many runs.
-    pub fn with_run_limit(mut self, hashes: usize) -> LiveSetBuilder {
-        self.run_limit = hashes.max(1);
-        self
+    pub fn with_run_limit(self, hashes: usize) -> LiveSetBuilder {
+        LiveSetBuilder(self.0.with_run_limit(hashes))
     }
 
     pub fn insert(&mut self, hash: Hash) -> Result<(), StoreError> {
-        self.buffer.push(hash);
-        if self.buffer.len() >= self.run_limit && self.spill_dir.is_some() {
-            self.spill()?;
-        }
-        Ok(())
+        self.0.insert(hash)
     }
 
-    fn spill(&mut self) -> Result<(), StoreError> {
-        let Some(dir) = &self.spill_dir else { return Ok(()) };
-        self.buffer.sort_unstable();
-        self.buffer.dedup();
-        let path = dir.join(format!("live-{:05}.run", self.runs.len()));
-        let mut out = BufWriter::new(File::create(&path)?);
-        for h in &self.buffer {
-            out.write_all(&h.0)?;
-        }
-        out.flush()?;
-        self.runs.push(path);
-        self.buffer.clear();
-        Ok(())
-    }
-
-    pub fn finish(mut self) -> LiveSet {
-        self.buffer.sort_unstable();
-        self.buffer.dedup();
-        LiveSet { memory: std::mem::take(&mut self.buffer), runs: std::mem::take(&mut self.runs), spill_dir: self.spill_dir.take() }
+    pub fn finish(self) -> LiveSet {
+        LiveSet(self.0.finish())
     }
 }
 
 /// Live hashes as sorted runs (on disk, plus the last one in memory).
-pub struct LiveSet {
-    memory: Vec<Hash>,
-    runs: Vec<PathBuf>,
-    spill_dir: Option<PathBuf>,
-}
+pub struct LiveSet(Runs<Hash>);
 
 impl LiveSet {
     /// A set held in memory (tests and small stores).
     pub fn from_hashes(hashes: impl IntoIterator<Item = Hash>) -> LiveSet {
-        let mut memory: Vec<Hash> = hashes.into_iter().collect();
-        memory.sort_unstable();
-        memory.dedup();
-        LiveSet { memory, runs: Vec::new(), spill_dir: None }
+        LiveSet(Runs::from_records(hashes))
     }
 
     /// A fresh cursor over the set, for one scan in ascending hash order.
     pub fn cursor(&self) -> Result<LiveCursor<'_>, StoreError> {
-        let mut sources = vec![RunSource::Memory { hashes: &self.memory, next: 0 }];
-        for path in &self.runs {
-            sources.push(RunSource::File(BufReader::with_capacity(64 << 10, File::open(path)?)));
-        }
-        let mut heads = Vec::with_capacity(sources.len());
-        for s in &mut sources {
-            heads.push(s.next()?);
-        }
-        Ok(LiveCursor { sources, heads, skipped: 0 })
-    }
-}
-
-impl Drop for LiveSet {
-    fn drop(&mut self) {
-        if let Some(dir) = &self.spill_dir {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-enum RunSource<'a> {
-    Memory { hashes: &'a [Hash], next: usize },
-    File(BufReader<File>),
-}
-
-impl RunSource<'_> {
-    fn next(&mut self) -> Result<Option<Hash>, StoreError> {
-        match self {
-            RunSource::Memory { hashes, next } => {
-                let h = hashes.get(*next).copied();
-                *next += 1;
-                Ok(h)
-            }
-            RunSource::File(r) => {
-                let mut h = [0u8; 32];
-                match r.read_exact(&mut h) {
-                    Ok(()) => Ok(Some(Hash(h))),
-                    Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
-                    Err(e) => Err(e.into()),
-                }
-            }
-        }
+        Ok(LiveCursor { merged: self.0.merged()?, skipped: 0 })
     }
 }
 
 /// Answers "is this hash live?" for hashes asked in ascending order, merging the runs.
 pub struct LiveCursor<'a> {
-    sources: Vec<RunSource<'a>>,
-    heads: Vec<Option<Hash>>,
+    merged: Merged<'a, Hash>,
     /// Distinct live hashes passed over without being asked for: live objects the
     /// scanned index does not hold.
     skipped: u64,
 }
 
 impl LiveCursor<'_> {
-    /// The smallest hash not yet consumed, across all runs.
-    fn peek(&self) -> Option<Hash> {
-        self.heads.iter().flatten().min().copied()
-    }
-
-    /// Consumes `h` from every run whose head it is.
-    fn consume(&mut self, h: Hash) -> Result<(), StoreError> {
-        for (i, head) in self.heads.iter_mut().enumerate() {
-            if *head == Some(h) {
-                *head = self.sources[i].next()?;
-            }
-        }
-        Ok(())
-    }
-
     /// Whether `h` is live. Calls must come in ascending hash order.
     pub fn contains(&mut self, h: &Hash) -> Result<bool, StoreError> {
-        while let Some(next) = self.peek() {
+        while let Some(next) = self.merged.peek() {
             if next > *h {
                 return Ok(false);
             }
-            self.consume(next)?;
+            self.merged.next_record()?;
             if next == *h {
                 return Ok(true);
             }
@@ -178,8 +77,7 @@ impl LiveCursor<'_> {
 
     /// Live hashes never asked for (call after the scan): objects missing from the index.
     pub fn missing(mut self) -> Result<u64, StoreError> {
-        while let Some(next) = self.peek() {
-            self.consume(next)?;
+        while self.merged.next_record()?.is_some() {
             self.skipped += 1;
         }
         Ok(self.skipped)
@@ -204,7 +102,7 @@ mod tests {
             b.insert(h(i)).unwrap();
         }
         let live = b.finish();
-        assert!(live.runs.len() > 10, "{} runs", live.runs.len());
+        assert!(live.0.files() > 10, "{} runs", live.0.files());
         let mut all: Vec<(Hash, bool)> = (0..200u32).map(|i| (h(i), i % 2 == 0)).collect();
         all.sort_unstable();
         let mut cursor = live.cursor().unwrap();

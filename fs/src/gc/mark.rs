@@ -26,7 +26,11 @@ impl<'a> Marker<'a> {
     /// still uses.
     pub fn mark(&mut self, what: &str, root: &Hash) -> Result<(), StoreError> {
         let live = &mut self.live;
-        walk::visit_new(self.store, root, &mut self.seen, &mut |h, _| live.insert(h)).map_err(|e| match e {
+        walk::visit_new(self.store, root, &mut self.seen, &mut |h, kind| match kind {
+            walk::ObjectKind::SeenMap | walk::ObjectKind::SeenMapLeaf => Ok(()),
+            _ => live.insert(h),
+        })
+        .map_err(|e| match e {
             walk::VisitError::Node(e) => {
                 StoreError::Index(format!("{what} has a damaged tree node ({e}); run `pgbranch verify` before gc"))
             }
