@@ -208,6 +208,21 @@ impl Catalog {
             .collect()
     }
 
+    /// The newest retained point of branch `id`, read alone (the committer asks after
+    /// every commit; a month of history is thousands of points).
+    pub fn newest_point(&self, id: u64) -> Result<Option<Point>, CatalogError> {
+        let raw = self.db.run(|db| {
+            let txn = db.begin_read()?;
+            let table = txn.open_table(HISTORY)?;
+            let newest = table.range((id, 0)..=(id, u64::MAX))?.next_back().transpose()?;
+            Ok(newest.map(|(k, v)| (k.value().1, v.value().to_vec())))
+        })?;
+        raw.map(|(at, bytes)| {
+            decode_point(at, &bytes).map_err(|e| CatalogError(format!("a history point of branch id {id} in catalog.redb: {e}")))
+        })
+        .transpose()
+    }
+
     /// Every retained root of every branch (GC marks from them).
     pub fn history_roots(&self) -> Result<Vec<Hash>, CatalogError> {
         let raw = self.db.run(|db| {

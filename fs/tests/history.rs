@@ -30,6 +30,7 @@ fn a_branch_at_a_time_holds_the_newest_point_not_after_it_also_after_gc() {
     }
     let points = repo.history("a").unwrap();
     assert_eq!(points.len(), 3, "{points:?}");
+    assert_eq!(repo.newest_point("a").unwrap().map(|p| p.at_unix_micros), Some(points[2].at_unix_micros));
     assert!(points.iter().all(|p| p.changed_bytes == 5 * 8192), "{points:?}");
     // Everything but the retained points becomes garbage; GC keeps the points.
     write(&repo, "a", ino, 0, &pattern(9, 40_000));
@@ -62,6 +63,7 @@ fn without_a_window_no_point_is_kept_and_delete_or_reset_takes_the_history() {
     write(&repo, "a", ino, 0, &pattern(1, 9000));
     repo.commit_all().unwrap();
     assert!(repo.history("a").unwrap().is_empty(), "no window, no history");
+    assert!(repo.newest_point("a").unwrap().is_none());
     let Err(err) = repo.create_at("x", "a", u64::MAX) else { panic!("a branch without history") };
     let err = err.to_string();
     assert!(err.contains("keeps no history") && err.contains("--history"), "{err}");

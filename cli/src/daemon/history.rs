@@ -67,7 +67,7 @@ impl Daemon {
         if !self.servers.is_running(name) || self.repo.retention(name).is_ok_and(|(secs, _)| secs == 0) {
             return;
         }
-        let Some(newest) = self.repo.history(name).ok().and_then(|h| h.last().cloned()) else { return };
+        let Ok(Some(newest)) = self.repo.newest_point(name) else { return };
         if newest.app.is_some() {
             return; // nothing new was committed
         }

@@ -89,6 +89,12 @@ impl Repository {
         Ok(self.catalog.history(rec.id)?)
     }
 
+    /// The newest retained point of `name`, if it keeps any.
+    pub fn newest_point(&self, name: &str) -> Result<Option<Point>, RepoError> {
+        let rec = self.record(name)?;
+        Ok(self.catalog.newest_point(rec.id)?)
+    }
+
     /// A new branch holding `source` as its newest retained point at or before
     /// `at_unix_micros` showed it.
     pub fn create_at(&self, name: &str, source: &str, at_unix_micros: u64) -> Result<(Arc<Branch>, Point), RepoError> {
