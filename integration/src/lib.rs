@@ -511,6 +511,7 @@ pub mod ackwriter;
 pub mod faultdisk;
 pub mod loopdisk;
 pub mod masked;
+pub mod native;
 pub mod packaged;
 pub mod seeded;
 pub mod sys;

@@ -24,6 +24,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use pgbranch::api::Request;
 use pgbranch::layout::Layout;
+use pgbranch_integration::native::Native;
 use pgbranch_integration::*;
 use serde_json::{json, Value};
 
@@ -345,40 +346,6 @@ fn fsync_probe(dir: &Path) -> (f64, f64) {
 fn checkpoint(s: &Server) -> Result<()> {
     s.psql("postgres", "CHECKPOINT")?;
     Ok(())
-}
-
-// ---------------------------------------------------------------- the native baseline
-
-/// A postgres initdb'd in a plain directory on the same disk, same settings.
-struct Native {
-    server: Option<Server>,
-    dir: PathBuf,
-}
-
-impl Native {
-    fn init(tag: &str) -> Result<Native> {
-        let (bin, owner) = pg_env();
-        let dir = std::env::temp_dir().join(format!("pgbranch-bench-native-{}-{tag}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        owner.private_dir(&dir)?;
-        let data = dir.join("data");
-        let mut initdb = owner.command(bin.tool("initdb"));
-        initdb.arg("-D").arg(&data).args(["--data-checksums", "-U", "postgres", "--auth=trust", "--no-instructions", "-E", "UTF8"]);
-        owner.run(&mut initdb, "initdb (native)")?;
-        let server = Server::start(&bin, &owner, &data, &dir.join("run"), pg::free_port()?)?;
-        Ok(Native { server: Some(server), dir })
-    }
-
-    fn server(&self) -> &Server {
-        self.server.as_ref().unwrap()
-    }
-}
-
-impl Drop for Native {
-    fn drop(&mut self) {
-        drop(self.server.take());
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A scratch directory on the same disk, removed on drop.
