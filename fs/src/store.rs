@@ -272,7 +272,11 @@ impl ObjectStore for LocalStore {
             }
         }
         active.sync()?;
-        let entries: Vec<(Hash, Location)> = self.pending.read().iter().map(|(h, p)| (*h, p.loc)).collect();
+        let mut entries: Vec<(Hash, Location)> = self.pending.read().iter().map(|(h, p)| (*h, p.loc)).collect();
+        // In key order, consecutive inserts land in the same leaf pages: redb then
+        // copies each page once per transaction and finds it hot, instead of a random
+        // walk over the whole tree for every entry.
+        entries.sort_unstable_by_key(|(h, _)| *h);
         self.index_pending(&entries, &[])?;
         let mut pending = self.pending.write();
         for (h, _) in &entries {
