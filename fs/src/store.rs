@@ -32,6 +32,8 @@ const INDEX_CACHE_BYTES: usize = 32 << 20;
 
 /// Records GC copies per hold of the active pack's lock.
 const COPY_CHUNK_RECORDS: usize = 64;
+/// Entries inserted and removed by one of GC's index transactions at most.
+const INDEX_TXN_ENTRIES: usize = 32 * 1024;
 
 /// Start a new pack once the active one passes this size.
 const PACK_TARGET_BYTES: u64 = 256 << 20;
@@ -400,7 +402,17 @@ impl GcStore for LocalStore {
     }
 
     fn update_index(&self, insert: &[(Hash, Location)], remove: &[Hash]) -> Result<(), StoreError> {
-        self.index_pending(insert, remove)
+        // In transactions of bounded size: one transaction holds a private copy of every
+        // page it dirties, and the dead entries of one pack of small records can be a
+        // million scattered over the whole index. A crash between two leaves entries
+        // that still name the pack, which GC removes only after the last one.
+        let (mut insert, mut remove) = (insert, remove);
+        while !insert.is_empty() || !remove.is_empty() {
+            let (i, r) = (insert.len().min(INDEX_TXN_ENTRIES), remove.len().min(INDEX_TXN_ENTRIES));
+            self.index_pending(&insert[..i], &remove[..r])?;
+            (insert, remove) = (&insert[i..], &remove[r..]);
+        }
+        Ok(())
     }
 
     fn remove_pack(&self, pack_no: u32) -> Result<(), StoreError> {

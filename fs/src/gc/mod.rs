@@ -9,7 +9,7 @@
 //! bounded), in the order that keeps the store consistent after a crash at any point:
 //!
 //! 1. the pack's live records are appended to the active pack, which is fsynced;
-//! 2. one index transaction points those objects at their new copies and drops the
+//! 2. index transactions (bounded in size) point those objects at their new copies and drop the
 //!    pack's dead entries, so the index never names a record in a removed pack;
 //! 3. the old pack file is removed.
 //!
@@ -22,7 +22,7 @@
 //! commit may name an object GC marked dead (the same bytes written again). The store
 //! records such revivals from before marking until GC ends ([`GcStore::track_revivals`]),
 //! and step 2 runs with puts held off ([`GcStore::with_puts_held`]) for the few
-//! milliseconds of one index transaction: a revived object is copied like a live one.
+//! milliseconds of one pack's index transactions: a revived object is copied like a live one.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -69,7 +69,8 @@ pub trait GcStore: ObjectStore {
     /// Appends copies of these records to the active pack, each verified against its
     /// hash, and fsyncs it; returns the new locations, in order.
     fn copy_records(&self, records: &[(Hash, Location)]) -> Result<Vec<(Hash, Location)>, StoreError>;
-    /// One durable index transaction: insert (or re-point) `insert`, remove `remove`.
+    /// Durable index transactions (several of bounded size for a large batch): insert
+    /// (or re-point) `insert`, remove `remove`. The caller removes a pack only after.
     fn update_index(&self, insert: &[(Hash, Location)], remove: &[Hash]) -> Result<(), StoreError>;
     /// Removes a pack file (whose records the index no longer names).
     fn remove_pack(&self, pack: u32) -> Result<(), StoreError>;
