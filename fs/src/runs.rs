@@ -110,11 +110,6 @@ impl<R: RunRecord> RunsBuilder<R> {
         Ok(())
     }
 
-    /// Runs written so far (tests).
-    pub fn runs_written(&self) -> usize {
-        self.runs.len()
-    }
-
     pub fn finish(mut self) -> Runs<R> {
         self.buffer.sort_unstable();
         self.buffer.dedup();
@@ -138,7 +133,7 @@ impl<R: RunRecord> Runs<R> {
         Runs { memory, runs: Vec::new(), spill_dir: None }
     }
 
-    /// Run files on disk.
+    /// Run files on disk (tests).
     pub fn files(&self) -> usize {
         self.runs.len()
     }
@@ -237,8 +232,8 @@ mod tests {
         }
         want.sort_unstable();
         want.dedup();
-        assert!(b.runs_written() > 10, "{} runs", b.runs_written());
         let runs = b.finish();
+        assert!(runs.files() > 10, "{} runs", runs.files());
         let mut merged = runs.merged().unwrap();
         let mut got = Vec::new();
         while let Some(r) = merged.next_record().unwrap() {

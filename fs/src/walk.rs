@@ -61,7 +61,9 @@ pub enum ObjectKind {
 /// Calls `f` once for every object `root` reaches that is not below a node in `seen`
 /// (which gains every node visited): walking many roots that share most of their
 /// nodes (heads and retained points) reads each shared node once. Blocks are named,
-/// not read; a block under two unseen map leaves is visited twice.
+/// not read; a block under two unseen map leaves is visited twice. A block map or map
+/// leaf met again is named too, as [`ObjectKind::SeenMap`] / `SeenMapLeaf`: callers
+/// that collect objects skip those.
 pub fn visit_new<E>(
     store: &dyn ObjectStore,
     root: &Hash,

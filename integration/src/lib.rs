@@ -484,6 +484,20 @@ pub fn noise(len: usize, mut seed: u64) -> Vec<u8> {
     out
 }
 
+/// The value after `--name` on a benchmark's command line, parsed.
+pub fn bench_arg<T: std::str::FromStr>(name: &str) -> Option<T> {
+    let args: Vec<String> = std::env::args().collect();
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
+}
+
+/// Writes a benchmark's report as `bench/STEM.json` and `bench/STEM.md`.
+pub fn write_bench_report(stem: &str, report: &Value, md: &str) {
+    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join(format!("{stem}.json")), serde_json::to_string_pretty(report).unwrap()).unwrap();
+    std::fs::write(out.join(format!("{stem}.md")), md).unwrap();
+}
+
 /// The rows of a benchmark's markdown table (`metric | pgbranch | baseline | ratio |
 /// target | result`) from its JSON rows; `pass` true/false/absent = PASS/MISS/INFO.
 pub fn bench_table_rows(rows: &[Value]) -> String {

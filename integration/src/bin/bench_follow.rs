@@ -19,11 +19,6 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v[((v.len() - 1) as f64 * p).round() as usize]
 }
 
-fn arg(name: &str) -> Option<u32> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
-}
-
 /// Time from `branch create` to the first successful query through its URL.
 fn branch_to_query(store: &TestStore, tag: &str, n: usize) -> Vec<f64> {
     let mut out = Vec::new();
@@ -42,8 +37,8 @@ fn branch_to_query(store: &TestStore, tag: &str, n: usize) -> Vec<f64> {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let small = arg("--small").unwrap_or(if quick { 5 } else { 20 });
-    let large = arg("--large").unwrap_or(if quick { 20 } else { 200 });
+    let small: u32 = bench_arg("--small").unwrap_or(if quick { 5 } else { 20 });
+    let large: u32 = bench_arg("--large").unwrap_or(if quick { 20 } else { 200 });
     let mut rows = Vec::new();
     let mut details = serde_json::Map::new();
     let started = Instant::now();
@@ -125,10 +120,7 @@ fn main() {
     );
     md.push_str(&pgbranch_integration::bench_table_rows(&rows));
     let report = json!({"rows": rows, "details": details, "quick": quick});
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("follow.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
-    std::fs::write(out.join("follow.md"), &md).unwrap();
+    write_bench_report("follow", &report, &md);
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     println!("{md}");
     let _ = Command::new("true").status();

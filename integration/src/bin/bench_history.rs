@@ -13,7 +13,7 @@
 //! 30-minute soak is the `auto_gc` test with `PGBRANCH_SOAK_SECS=1800`.
 //! Writes bench/history.{json,md}.
 //!
-//!   scripts/bench-history [--quick] [--objects N]
+//!   scripts/bench-history [--quick] [--scale N] [--objects N]
 
 use std::io::Write;
 use std::time::Instant;
@@ -25,11 +25,6 @@ use serde_json::{json, Value};
 const BLOCK: usize = 8192;
 /// Blocks per write(2) of the object writer: 1 MiB, as a bulk load writes.
 const WRITE_BLOCKS: usize = 128;
-
-fn arg(name: &str) -> Option<u64> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
-}
 
 fn log(msg: &str) {
     eprintln!("[bench-history] {msg}");
@@ -107,8 +102,8 @@ fn write_distinct_blocks(path: &std::path::Path, first: u64, count: u64) {
 
 fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
-    let scale = arg("--scale").unwrap_or(if quick { 10 } else { 50 }) as u32;
-    let objects = arg("--objects").unwrap_or(if quick { 100_000 } else { 1_100_000 });
+    let scale = bench_arg("--scale").unwrap_or(if quick { 10 } else { 50 });
+    let objects = bench_arg("--objects").unwrap_or(if quick { 100_000 } else { 1_100_000 });
     let gc_secs = if quick { 10 } else { 30 };
     let gc_rounds = if quick { 1 } else { 2 };
     let started = Instant::now();
@@ -211,10 +206,7 @@ fn main() {
     );
     md.push_str(&bench_table_rows(&rows));
     let report = json!({"rows": rows, "details": details, "quick": quick});
-    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("history.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
-    std::fs::write(out.join("history.md"), &md).unwrap();
+    write_bench_report("history", &report, &md);
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "{md}");
 }

@@ -32,11 +32,6 @@ use serde_json::{json, Value};
 /// Rows per transaction of the change workload.
 const TXN: u64 = 1000;
 
-fn arg(name: &str) -> Option<u64> {
-    let args: Vec<String> = std::env::args().collect();
-    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).and_then(|v| v.parse().ok())
-}
-
 fn say(s: &str) {
     eprintln!("[bench-mask] {s}");
 }
@@ -653,11 +648,11 @@ fn main() {
     let quick = std::env::args().any(|a| a == "--quick");
     let d = |full: u64| if quick { full / 10 } else { full };
     let s = Sizes {
-        users: arg("--users").unwrap_or(d(1_000_000)),
-        orders: arg("--orders").unwrap_or(d(2_000_000)),
-        inserts: arg("--inserts").unwrap_or(d(200_000)),
-        updates: arg("--updates").unwrap_or(d(100_000)),
-        deletes: arg("--deletes").unwrap_or(d(50_000)),
+        users: bench_arg("--users").unwrap_or(d(1_000_000)),
+        orders: bench_arg("--orders").unwrap_or(d(2_000_000)),
+        inserts: bench_arg("--inserts").unwrap_or(d(200_000)),
+        updates: bench_arg("--updates").unwrap_or(d(100_000)),
+        deletes: bench_arg("--deletes").unwrap_or(d(50_000)),
     };
     let (u_upd, o_upd) = Sizes::split(s.updates);
     assert!(2 * u_upd * TXN <= s.users, "--updates too large for --users (two rounds touch disjoint rows)");
@@ -898,10 +893,7 @@ fn main() {
         if consistent { "yes" } else { "NO" }
     ));
     let report = json!({"rows": rows, "details": details, "quick": quick});
-    let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench");
-    std::fs::create_dir_all(&out).unwrap();
-    std::fs::write(out.join("mask.json"), serde_json::to_string_pretty(&report).unwrap()).unwrap();
-    std::fs::write(out.join("mask.md"), &md).unwrap();
+    write_bench_report("mask", &report, &md);
     println!("{}", serde_json::to_string_pretty(&report).unwrap());
     println!("{md}");
     drop(_stop_main);
