@@ -163,6 +163,36 @@ pub(crate) fn open_for_read(dir: &Path, pack: u32) -> Result<File, PackError> {
     Ok(file)
 }
 
+/// Reads the records of a pack from byte `from` on (from its first record if `from`
+/// is inside the header), payloads included, in order, until `f` returns false or the
+/// pack ends (a torn tail is where it ends). Checks the header.
+pub(crate) fn scan_from(dir: &Path, pack: u32, from: u64, f: &mut dyn FnMut(Hash, Location, &[u8]) -> bool) -> Result<(), PackError> {
+    use std::io::{BufReader, Read, Seek, SeekFrom};
+    let path = pack_path(dir, pack);
+    let io = |source| PackError::Io { path: path.clone(), source };
+    let file = open_for_read(dir, pack)?;
+    let size = file.metadata().map_err(io)?.len();
+    let mut pos = from.max(PACK_HEADER_LEN);
+    let mut reader = BufReader::with_capacity(1 << 20, file);
+    reader.seek(SeekFrom::Start(pos)).map_err(io)?;
+    let mut header = [0u8; RECORD_HEADER as usize];
+    let mut payload = Vec::new();
+    while pos + RECORD_HEADER <= size {
+        reader.read_exact(&mut header).map_err(io)?;
+        let (hash, len) = wire::parse_record_header(&header);
+        if pos + RECORD_HEADER + len as u64 > size {
+            break;
+        }
+        payload.resize(len as usize, 0);
+        reader.read_exact(&mut payload).map_err(io)?;
+        if !f(hash, Location { pack, offset: pos + RECORD_HEADER, len }, &payload) {
+            break;
+        }
+        pos += RECORD_HEADER + len as u64;
+    }
+    Ok(())
+}
+
 /// Reads every record of a pack: (hash, location). Checks the header; stops at a torn tail.
 pub fn scan(dir: &Path, pack: u32) -> Result<Vec<(Hash, Location)>, PackError> {
     let path = pack_path(dir, pack);

@@ -114,9 +114,15 @@ impl Repository {
     /// Opens (or creates) the store in `dir`: its format file first, then the index,
     /// the catalog, and every branch (replaying its intent log).
     pub fn open(dir: &Path) -> Result<Repository, RepoError> {
-        store_file::check_or_create(dir)?;
+        let format = store_file::check_or_create(dir)?;
         std::fs::create_dir_all(dir.join("logs")).map_err(io_err(format!("creating {}", dir.display())))?;
         let store = Arc::new(LocalStore::open(dir)?);
+        if format < store_file::STORE_FORMAT_VERSION {
+            // Opening the index wrote what the newer format adds.
+            store_file::write_format_file(dir, store_file::STORE_FORMAT_VERSION)
+                .map_err(io_err(format!("upgrading the store format file in {}", dir.display())))?;
+            tracing::info!("store {} upgraded from format {format} to {}", dir.display(), store_file::STORE_FORMAT_VERSION);
+        }
         let catalog = Catalog::open(&dir.join("catalog.redb"))?;
         let repo = Repository {
             dir: dir.to_path_buf(),

@@ -15,25 +15,23 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
-use redb::{ReadableTable, ReadableTableMetadata};
 
+mod index;
 pub mod mem;
 pub use mem::MemStore;
 
 use crate::block::{self, DecodeError, Hash};
-use crate::format::index::OBJECTS;
 use crate::format::FormatError;
 use crate::gc::{self, GcReport, GcStore};
 use crate::pack::{self, ActivePack, Location, PackError};
-use crate::redb_file::{Db, DbError};
+use crate::redb_file::DbError;
+use index::{ObjectIndex, PackPosition};
 
 /// Memory redb may use to cache index pages.
 const INDEX_CACHE_BYTES: usize = 32 << 20;
 
 /// Records GC copies per hold of the active pack's lock.
 const COPY_CHUNK_RECORDS: usize = 64;
-/// Entries inserted and removed by one of GC's index transactions at most.
-const INDEX_TXN_ENTRIES: usize = 32 * 1024;
 
 /// Start a new pack once the active one passes this size.
 const PACK_TARGET_BYTES: u64 = 256 << 20;
@@ -96,7 +94,7 @@ struct Pending {
 pub struct LocalStore {
     dir: PathBuf,
     index_path: PathBuf,
-    index: Db,
+    index: ObjectIndex,
     active: Mutex<ActivePack>,
     /// Objects appended since the last flush: visible to readers, not yet indexed. Each
     /// keeps its payload until it is durable, so that after a failed fsync it can be
@@ -109,6 +107,8 @@ pub struct LocalStore {
     /// Puts hold this for reading across lookup and record; GC's index updates hold it
     /// for writing (`GcStore::with_puts_held`).
     revivals: RwLock<Option<Revivals>>,
+    /// False only in tests that close the store the way a crash would.
+    merge_on_close: bool,
 }
 
 /// Objects GC may have planned as dead that a put has since named again.
@@ -121,17 +121,11 @@ impl LocalStore {
     pub fn open(dir: &Path) -> Result<LocalStore, StoreError> {
         let packs_dir = dir.join("packs");
         std::fs::create_dir_all(&packs_dir)?;
-        // redb caches up to 1 GiB by default; the index is hot only in small part.
-        let index = Db::open(&dir.join("index.redb"), INDEX_CACHE_BYTES)?;
-        index.run(|db| {
-            let txn = db.begin_write()?;
-            txn.open_table(OBJECTS)?;
-            Ok(txn.commit()?)
-        })?;
-
         let last = pack::list_packs(&packs_dir)?.last().copied().unwrap_or(0);
-        // Always start a fresh pack: anything past the last flush in the previous one is
-        // unindexed garbage from a crash, reclaimed by the next GC.
+        // redb caches up to 1 GiB by default; the index is hot only in small part.
+        let index = ObjectIndex::open(&dir.join("index.redb"), INDEX_CACHE_BYTES, &packs_dir, last)?;
+        // Always start a fresh pack: opening the index indexed every record of the
+        // previous one that verifies (what was durable); the rest is garbage for GC.
         let active = ActivePack::open(&packs_dir, last + 1)?;
         Ok(LocalStore {
             dir: packs_dir,
@@ -142,6 +136,7 @@ impl LocalStore {
             pending_bytes: std::sync::atomic::AtomicU64::new(0),
             readers: RwLock::new(HashMap::new()),
             revivals: RwLock::new(None),
+            merge_on_close: true,
         })
     }
 
@@ -154,15 +149,7 @@ impl LocalStore {
 
     /// Where the index says `hash` is (not looking at pending objects).
     fn indexed_location(&self, hash: &Hash) -> Result<Option<Location>, StoreError> {
-        Ok(self.index.run(|db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(OBJECTS)?;
-            let found = table.get(hash.0)?;
-            Ok(found.map(|v| {
-                let (pack, offset, len) = v.value();
-                Location { pack, offset, len }
-            }))
-        })?)
+        self.index.get(hash)
     }
 
     fn reader(&self, pack: u32) -> Result<Arc<File>, StoreError> {
@@ -189,22 +176,6 @@ impl LocalStore {
             tracing::warn!("pack {} had a failed fsync; writing to pack {next} from now on", next - 1);
         }
         Ok(())
-    }
-
-    fn index_pending(&self, entries: &[(Hash, Location)], removed: &[Hash]) -> Result<(), StoreError> {
-        Ok(self.index.run(|db| {
-            let txn = db.begin_write()?;
-            {
-                let mut table = txn.open_table(OBJECTS)?;
-                for (h, loc) in entries {
-                    table.insert(h.0, (loc.pack, loc.offset, loc.len))?;
-                }
-                for h in removed {
-                    table.remove(h.0)?;
-                }
-            }
-            Ok(txn.commit()?)
-        })?)
     }
 }
 
@@ -274,22 +245,34 @@ impl ObjectStore for LocalStore {
             }
         }
         active.sync()?;
-        let mut entries: Vec<(Hash, Location)> = self.pending.read().iter().map(|(h, p)| (*h, p.loc)).collect();
-        // In key order, consecutive inserts land in the same leaf pages: redb then
-        // copies each page once per transaction and finds it hot, instead of a random
-        // walk over the whole tree for every entry.
-        entries.sort_unstable_by_key(|(h, _)| *h);
-        self.index_pending(&entries, &[])?;
-        let mut pending = self.pending.write();
-        for (h, _) in &entries {
-            if let Some(p) = pending.remove(h) {
-                self.pending_bytes.fetch_sub(p.payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        // Durable now, and found again by the pack scan on open until merged into redb.
+        // Added under the active pack's lock, so that every record before `synced_upto`
+        // is in these entries or in earlier ones (see `store::index`).
+        let synced_upto = PackPosition { pack: number, offset: active.len() };
+        let entries: Vec<(Hash, Location)> = self.pending.read().iter().map(|(h, p)| (*h, p.loc)).collect();
+        let merge_due = self.index.add_flushed(entries.iter().copied(), synced_upto);
+        {
+            let mut pending = self.pending.write();
+            for (h, _) in &entries {
+                if let Some(p) = pending.remove(h) {
+                    self.pending_bytes.fetch_sub(p.payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
             }
         }
         if active.len() > PACK_TARGET_BYTES {
             let next = active.number + 1;
             *active = ActivePack::open(&self.dir, next)?;
             std::fs::File::open(&self.dir)?.sync_all()?;
+        }
+        drop(active);
+        // Outside the lock: puts go on while the merge writes redb. The objects are
+        // durable already (a crash finds them in their pack), so a merge that fails
+        // (a full disk under the index) does not fail the flush: the next one retries,
+        // and GC's seal, which needs the merge, reports the error.
+        if merge_due {
+            if let Err(e) = self.index.merge(false) {
+                tracing::warn!("merging {} recent entries into the object index: {e}; retried at the next flush", self.index.recent_len());
+            }
         }
         Ok(())
     }
@@ -307,21 +290,17 @@ impl ObjectStore for LocalStore {
     }
 
     fn object_count(&self) -> Result<u64, StoreError> {
-        let indexed = self.index.run(|db| Ok(db.begin_read()?.open_table(OBJECTS)?.len()?))?;
-        Ok(indexed + self.pending.read().len() as u64)
+        Ok(self.index.len()? + self.pending.read().len() as u64)
     }
 
     fn all_objects(&self) -> Result<Vec<Hash>, StoreError> {
         self.flush()?;
-        Ok(self.index.run(|db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(OBJECTS)?;
-            let mut out = Vec::new();
-            for item in table.iter()? {
-                out.push(Hash(item?.0.value()));
-            }
-            Ok(out)
-        })?)
+        let mut out = Vec::new();
+        self.index.for_each(&mut |h, _| {
+            out.push(h);
+            Ok(())
+        })?;
+        Ok(out)
     }
 
     fn unflushed_bytes(&self) -> u64 {
@@ -333,12 +312,31 @@ impl ObjectStore for LocalStore {
     }
 }
 
+impl Drop for LocalStore {
+    /// A clean close merges the recent index entries, so the next open has no packs
+    /// to scan. (After a crash the scan finds them.)
+    fn drop(&mut self) {
+        if !self.merge_on_close {
+            return;
+        }
+        if let Err(e) = self.index.merge(true) {
+            tracing::warn!("merging the object index on close: {e}; the next open indexes those records from their packs");
+        }
+    }
+}
+
 impl GcStore for LocalStore {
     fn seal(&self) -> Result<u32, StoreError> {
         self.flush()?;
-        let mut active = self.active.lock();
-        let next = active.number + 1;
-        *active = ActivePack::open(&self.dir, next)?;
+        let next = {
+            let mut active = self.active.lock();
+            let next = active.number + 1;
+            *active = ActivePack::open(&self.dir, next)?;
+            next
+        };
+        // Every recent entry naming a sealed pack was added before the rotation: after
+        // this merge GC finds all of them in redb, where its index updates go.
+        self.index.merge(true)?;
         Ok(next)
     }
 
@@ -351,22 +349,7 @@ impl GcStore for LocalStore {
     }
 
     fn for_each_index_entry(&self, f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>) -> Result<(), StoreError> {
-        // Stream the index rather than load it: a large store has millions of entries.
-        let mut stopped = None;
-        self.index.run_once(|db| {
-            let txn = db.begin_read()?;
-            let table = txn.open_table(OBJECTS)?;
-            for item in table.iter()? {
-                let (k, v) = item?;
-                let (pack, offset, len) = v.value();
-                if let Err(e) = f(Hash(k.value()), Location { pack, offset, len }) {
-                    stopped = Some(e);
-                    break;
-                }
-            }
-            Ok(())
-        })?;
-        stopped.map_or(Ok(()), Err)
+        self.index.for_each(f)
     }
 
     fn copy_records(&self, records: &[(Hash, Location)]) -> Result<Vec<(Hash, Location)>, StoreError> {
@@ -402,17 +385,10 @@ impl GcStore for LocalStore {
     }
 
     fn update_index(&self, insert: &[(Hash, Location)], remove: &[Hash]) -> Result<(), StoreError> {
-        // In transactions of bounded size: one transaction holds a private copy of every
-        // page it dirties, and the dead entries of one pack of small records can be a
-        // million scattered over the whole index. A crash between two leaves entries
-        // that still name the pack, which GC removes only after the last one.
-        let (mut insert, mut remove) = (insert, remove);
-        while !insert.is_empty() || !remove.is_empty() {
-            let (i, r) = (insert.len().min(INDEX_TXN_ENTRIES), remove.len().min(INDEX_TXN_ENTRIES));
-            self.index_pending(&insert[..i], &remove[..r])?;
-            (insert, remove) = (&insert[i..], &remove[r..]);
-        }
-        Ok(())
+        // In transactions of bounded size: the dead entries of one pack of small records
+        // can be a million scattered over the whole index. A crash between two leaves
+        // entries that still name the pack, which GC removes only after the last one.
+        self.index.update(insert, remove)
     }
 
     fn remove_pack(&self, pack_no: u32) -> Result<(), StoreError> {
@@ -514,5 +490,119 @@ mod tests {
         store.flush().unwrap();
         assert_eq!(store.locate(&h).unwrap().unwrap().pack, sealed + 1);
         assert_eq!(store.get(&h).unwrap(), d);
+    }
+
+    fn small_object(i: u32) -> (Hash, Vec<u8>) {
+        let data = format!("object {i}").into_bytes();
+        (Hash::of(&data), data)
+    }
+
+    /// Closes the store the way a crash does: without merging the recent entries.
+    fn crash(mut store: LocalStore) {
+        store.merge_on_close = false;
+    }
+
+    /// Flushed objects are indexed only in memory until a merge; after a crash, opening
+    /// the store finds them again in the packs past the indexed-up-to position.
+    #[test]
+    fn objects_flushed_but_not_merged_are_indexed_again_from_their_packs_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let merged: Vec<_> = (0..10).map(object).collect();
+        for (h, d) in &merged {
+            store.put(h, d).unwrap();
+        }
+        store.flush().unwrap();
+        store.index.merge(true).unwrap();
+        let recent: Vec<_> = (10..30).map(object).collect();
+        for (h, d) in &recent {
+            store.put(h, d).unwrap();
+        }
+        store.flush().unwrap();
+        assert_eq!(store.index.recent_len(), recent.len(), "a small flush is not merged");
+        let (lost, _) = object(99);
+        store.put(&lost, &object(99).1).unwrap();
+        crash(store);
+
+        let store = LocalStore::open(dir.path()).unwrap();
+        assert_eq!(store.index.recent_len(), 0, "opening merges what it found");
+        for (h, d) in merged.iter().chain(&recent) {
+            assert_eq!(&store.get(h).unwrap(), d);
+        }
+        assert_eq!(store.object_count().unwrap(), 31, "the unflushed object's record was written and verifies, so it is indexed too");
+        let mut seen = Vec::new();
+        store.for_each_index_entry(&mut |h, _| {
+            seen.push(h);
+            Ok(())
+        })
+        .unwrap();
+        assert!(seen.windows(2).all(|w| w[0] < w[1]), "entries in hash order, each once");
+        assert_eq!(seen.len(), 31);
+        // A crash right after that open finds nothing more to index.
+        crash(store);
+        let store = LocalStore::open(dir.path()).unwrap();
+        assert_eq!(store.object_count().unwrap(), 31);
+    }
+
+    /// The scan stops at the first record that does not match its hash (a write that
+    /// never became durable) and keeps every record before it.
+    #[test]
+    fn the_scan_on_open_stops_at_a_record_that_does_not_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        let good: Vec<_> = (0..5).map(object).collect();
+        for (h, d) in &good {
+            store.put(h, d).unwrap();
+        }
+        store.flush().unwrap();
+        let (torn, torn_data) = object(5);
+        store.put(&torn, &torn_data).unwrap();
+        let (after, after_data) = object(6);
+        store.put(&after, &after_data).unwrap();
+        let torn_loc = store.locate(&torn).unwrap().unwrap();
+        let pack = pack::pack_path(&store.dir, torn_loc.pack);
+        crash(store);
+        // Zeros where the payload should be: what a crash can leave past an fsync.
+        let f = std::fs::OpenOptions::new().write(true).open(&pack).unwrap();
+        f.write_all_at(&vec![0u8; torn_loc.len as usize], torn_loc.offset).unwrap();
+
+        let store = LocalStore::open(dir.path()).unwrap();
+        for (h, d) in &good {
+            assert_eq!(&store.get(h).unwrap(), d);
+        }
+        assert!(matches!(store.get(&torn), Err(StoreError::Missing(_))));
+        assert!(matches!(store.get(&after), Err(StoreError::Missing(_))), "nothing past the bad record is trusted");
+        // Putting them again stores them anew.
+        store.put(&torn, &torn_data).unwrap();
+        store.flush().unwrap();
+        assert_eq!(store.get(&torn).unwrap(), torn_data);
+    }
+
+    /// A flush that brings the recent entries to the threshold merges them, and GC's
+    /// seal merges whatever is recent, so GC finds every entry of a sealed pack in redb.
+    #[test]
+    fn recent_entries_are_merged_at_the_threshold_and_at_seal() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        for i in 0..index::MERGE_ENTRIES as u32 - 1 {
+            let (h, d) = small_object(i);
+            store.put(&h, &d).unwrap();
+        }
+        store.flush().unwrap();
+        assert_eq!(store.index.recent_len(), index::MERGE_ENTRIES - 1);
+        let (h, d) = small_object(u32::MAX);
+        store.put(&h, &d).unwrap();
+        store.flush().unwrap();
+        assert_eq!(store.index.recent_len(), 0, "the flush reaching the threshold merged");
+        let (h2, d2) = small_object(u32::MAX - 1);
+        store.put(&h2, &d2).unwrap();
+        store.flush().unwrap();
+        assert_eq!(store.index.recent_len(), 1);
+        store.seal().unwrap();
+        assert_eq!(store.index.recent_len(), 0, "seal merged");
+        crash(store);
+        let store = LocalStore::open(dir.path()).unwrap();
+        assert_eq!(store.object_count().unwrap(), index::MERGE_ENTRIES as u64 + 1);
+        assert_eq!(store.get(&h2).unwrap(), d2);
     }
 }

@@ -68,6 +68,29 @@ fn a_store_of_a_newer_format_is_refused() {
     assert_eq!(err, want);
 }
 
+/// A format-1 store (its index without the indexed-up-to row) opens, keeps its data,
+/// and is upgraded to the current format.
+#[test]
+fn a_store_of_format_1_is_upgraded_on_open() {
+    let dir = store(false);
+    let index = redb::Database::open(dir.path().join("index.redb")).unwrap();
+    let txn = index.begin_write().unwrap();
+    assert!(txn.delete_table(redb::TableDefinition::<u8, (u32, u64)>::new("indexed_upto")).unwrap());
+    txn.commit().unwrap();
+    drop(index);
+    write_format_file(dir.path(), 1).unwrap();
+
+    let repo = Repository::open(dir.path()).unwrap();
+    let data = repo.get("a").unwrap().with_tree_mut(|t| {
+        let ino = t.lookup(pgbranch_fs::node::ROOT_INO, b"f").unwrap();
+        common::contents(t, ino)
+    });
+    assert_eq!(data, pattern(1, 2 * BLOCK));
+    drop(repo);
+    let bytes = std::fs::read(dir.path().join(FORMAT_FILE)).unwrap();
+    assert_eq!(u32::from_le_bytes(bytes[8..12].try_into().unwrap()), STORE_FORMAT_VERSION);
+}
+
 #[test]
 fn a_store_made_before_format_versioning_is_refused() {
     let dir = store(false);

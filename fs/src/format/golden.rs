@@ -169,7 +169,11 @@ fn store_format_file_is_golden() {
     let dir = tempfile::tempdir().unwrap();
     store_file::write_format_file(dir.path(), store_file::STORE_FORMAT_VERSION).unwrap();
     let bytes = std::fs::read(dir.path().join(store_file::FORMAT_FILE)).unwrap();
-    assert_eq!(hex(&bytes), "50474252414e4348010000001aeec6d6");
+    assert_eq!(hex(&bytes), "50474252414e434802000000f44173c4");
+    // A store of format 1 (before the index's indexed-up-to row) is still read.
+    store_file::write_format_file(dir.path(), 1).unwrap();
+    assert_eq!(hex(&std::fs::read(dir.path().join(store_file::FORMAT_FILE)).unwrap()), "50474252414e4348010000001aeec6d6");
+    assert_eq!(store_file::check_or_create(dir.path()).unwrap(), 1);
 }
 
 #[test]

@@ -9,11 +9,16 @@ use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use super::{decode_header, encode_header, FormatError};
+use super::{decode_header_in, encode_header, FormatError};
 
 pub const STORE_MAGIC: &[u8; 8] = b"PGBRANCH";
-/// The newest store format this build reads (and the one it writes).
-pub const STORE_FORMAT_VERSION: u32 = 1;
+/// The newest store format this build reads (and the one it writes). Format 2 added
+/// the index's indexed-up-to position (`format::index`): a format-1 build opening a
+/// format-2 store would miss the records indexed only by their packs, so it must refuse.
+pub const STORE_FORMAT_VERSION: u32 = 2;
+/// The oldest store format this build reads: format 1 differs only in lacking the
+/// indexed-up-to row, and `Repository::open` upgrades it in place.
+pub const OLDEST_STORE_FORMAT_VERSION: u32 = 1;
 pub const FORMAT_FILE: &str = "FORMAT";
 /// The file whose presence means the store exists (see [`check_or_create`]).
 const CATALOG_FILE: &str = "catalog.redb";
@@ -34,7 +39,8 @@ pub enum StoreFormatError {
 }
 
 /// Checks the store's format file, or writes one if the store is new (no catalog yet).
-pub fn check_or_create(dir: &Path) -> Result<(), StoreFormatError> {
+/// Returns the format the store has.
+pub fn check_or_create(dir: &Path) -> Result<u32, StoreFormatError> {
     let path = dir.join(FORMAT_FILE);
     let io = |source| StoreFormatError::Io { path: path.clone(), source };
     match std::fs::read(&path) {
@@ -43,15 +49,16 @@ pub fn check_or_create(dir: &Path) -> Result<(), StoreFormatError> {
             if dir.join(CATALOG_FILE).exists() {
                 return Err(StoreFormatError::Unversioned { dir: dir.to_path_buf() });
             }
-            write_format_file(dir, STORE_FORMAT_VERSION).map_err(io)
+            write_format_file(dir, STORE_FORMAT_VERSION).map_err(io)?;
+            Ok(STORE_FORMAT_VERSION)
         }
         Err(e) => Err(io(e)),
     }
 }
 
-fn check(path: &Path, bytes: &[u8]) -> Result<(), StoreFormatError> {
-    match decode_header(bytes, STORE_MAGIC, STORE_FORMAT_VERSION, "store") {
-        Ok(_) if bytes.len() == 16 => Ok(()),
+fn check(path: &Path, bytes: &[u8]) -> Result<u32, StoreFormatError> {
+    match decode_header_in(bytes, STORE_MAGIC, OLDEST_STORE_FORMAT_VERSION, STORE_FORMAT_VERSION, "store") {
+        Ok((version, _)) if bytes.len() == 16 => Ok(version),
         Ok(_) => Err(StoreFormatError::Damaged { path: path.to_path_buf(), source: FormatError::malformed("store", "wrong length") }),
         Err(FormatError::TooNew { found, supported, .. }) => Err(StoreFormatError::TooNew { path: path.to_path_buf(), found, supported }),
         Err(source) => Err(StoreFormatError::Damaged { path: path.to_path_buf(), source }),
