@@ -73,7 +73,7 @@ pub const BULK_MIN_BLOCKS: usize = 16;
 
 /// Unflushed store bytes past which a large write flushes the store itself: bounds the
 /// memory the store holds for objects not yet durable.
-const BULK_UNFLUSHED_LIMIT: u64 = 64 << 20;
+const BULK_UNFLUSHED_LIMIT: u64 = 32 << 20;
 
 /// Blocks stored by large writes and named by no durable head yet; GC marks them all.
 #[derive(Default)]

@@ -531,11 +531,12 @@ mod tests {
         }
         assert_eq!(store.object_count().unwrap(), 31, "the unflushed object's record was written and verifies, so it is indexed too");
         let mut seen = Vec::new();
-        store.for_each_index_entry(&mut |h, _| {
-            seen.push(h);
-            Ok(())
-        })
-        .unwrap();
+        store
+            .for_each_index_entry(&mut |h, _| {
+                seen.push(h);
+                Ok(())
+            })
+            .unwrap();
         assert!(seen.windows(2).all(|w| w[0] < w[1]), "entries in hash order, each once");
         assert_eq!(seen.len(), 31);
         // A crash right after that open finds nothing more to index.

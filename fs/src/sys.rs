@@ -81,9 +81,46 @@ pub fn unlock(file: &std::fs::File) -> io::Result<()> {
     rc_to_result(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_UN) })
 }
 
+/// Sets the calling thread's nice value (Linux keeps one per thread; threads it then
+/// starts inherit it). Raising it needs no privilege; lowering it again does.
+pub fn set_thread_nice(nice: i32) -> io::Result<()> {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: plain integer arguments; PRIO_PROCESS with a thread id names that thread.
+    rc_to_result(unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, nice) })
+}
+
+/// The calling thread's nice value.
+pub fn thread_nice() -> io::Result<i32> {
+    // SAFETY: as in `set_thread_nice`.
+    let tid = unsafe { libc::gettid() };
+    // getpriority may return -1 as a value: errno tells them apart.
+    // SAFETY: errno is this thread's; resetting it before the call is how getpriority is used.
+    unsafe { *libc::__errno_location() = 0 };
+    // SAFETY: plain integer arguments.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, tid as libc::id_t) };
+    match io::Error::last_os_error() {
+        e if nice == -1 && e.raw_os_error() != Some(0) => Err(e),
+        _ => Ok(nice),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_thread_can_raise_its_own_nice_value_without_changing_others() {
+        let before = thread_nice().unwrap();
+        let inside = std::thread::spawn(|| {
+            set_thread_nice(15).unwrap();
+            thread_nice().unwrap()
+        })
+        .join()
+        .unwrap();
+        assert_eq!(inside, 15);
+        assert_eq!(thread_nice().unwrap(), before, "only the thread that asked was changed");
+    }
 
     #[test]
     fn a_second_exclusive_lock_is_refused_until_the_first_is_released() {

@@ -99,7 +99,7 @@ fn a_replay_that_meets_a_lost_block_ends_the_log_there_and_keeps_later_writes() 
         write(&repo, "a", ino, offset, &data);
         write(&repo, "a", ino, 6, b" and after, unsynced");
         drop(repo);
-        for (path, len) in pack_sizes(dir.path()) {
+        for (path, _) in pack_sizes(dir.path()) {
             let keep = synced.iter().find(|(p, _)| *p == path).map_or(0, |(_, l)| *l);
             std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(keep).unwrap();
         }

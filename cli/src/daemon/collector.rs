@@ -2,6 +2,10 @@
 //! seconds, whether the store has grown past its bound since the last collection
 //! (`Repository::auto_gc`), and collects alongside commits when it has. `gc = "manual"`
 //! in `pgbranch.toml` turns it off; `pgbranch gc` collects at once either way.
+//!
+//! Collections (automatic or asked for), `du` and `verify` run at nice
+//! [`MAINTENANCE_NICE`]: on a busy host they take the CPU the branches' postgres leave,
+//! instead of half of it (a collection is CPU-bound: decoding trees, merging runs).
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -16,6 +20,17 @@ use crate::store_config::GcMode;
 /// How often the collector checks the store's size.
 const CHECK_INTERVAL: Duration = Duration::from_secs(2);
 
+/// The nice value of threads doing maintenance (see the module doc): 10 gives such a
+/// thread about a tenth of the CPU share of a postgres backend it competes with.
+pub(super) const MAINTENANCE_NICE: i32 = 10;
+
+/// Lowers the calling thread's CPU priority to [`MAINTENANCE_NICE`].
+pub(super) fn run_as_maintenance() {
+    if let Err(e) = pgbranch_fs::sys::set_thread_nice(MAINTENANCE_NICE) {
+        tracing::warn!("cannot lower the priority of a maintenance thread: {e}; it competes with branches at full priority");
+    }
+}
+
 impl Daemon {
     pub fn spawn_collector(self: &Arc<Self>) -> std::io::Result<()> {
         if self.gc_mode == GcMode::Manual {
@@ -28,6 +43,7 @@ impl Daemon {
     }
 
     fn run_collector(&self) {
+        run_as_maintenance();
         let mut failing = false;
         while !self.stopping.load(Ordering::Relaxed) {
             std::thread::sleep(CHECK_INTERVAL);

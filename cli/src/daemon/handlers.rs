@@ -490,14 +490,22 @@ impl Daemon {
                 let f = self.servers.follower().context("no follower is configured (see `pgbranch clone stream`)")?;
                 answer(SourceUrl { source_url: f.source_url })
             }
-            Request::Du => answer(usage(self.repo.usage()?)?),
+            Request::Du => {
+                super::collector::run_as_maintenance();
+                answer(usage(self.repo.usage()?)?)
+            }
             Request::Gc => {
+                // This connection's thread ends with the request: no need to restore.
+                super::collector::run_as_maintenance();
                 self.release_reserve_if_full();
                 let done = self.repo.gc();
                 self.keep_reserve();
                 answer(gc_done(done?))
             }
-            Request::Verify => answer(verified(self.repo.verify()?)),
+            Request::Verify => {
+                super::collector::run_as_maintenance();
+                answer(verified(self.repo.verify()?))
+            }
             Request::Commit => {
                 self.repo.commit_all()?;
                 answer(Committed {})

@@ -36,9 +36,13 @@ use crate::redb_file::Db;
 
 /// Recent entries that make a flush merge them into redb.
 pub(super) const MERGE_ENTRIES: usize = 64 * 1024;
-/// Entries inserted and removed by one index transaction at most: one transaction
-/// holds a private copy of every page it dirties.
+/// Entries inserted and removed by one of GC's index transactions at most: one
+/// transaction holds a private copy of every page it dirties.
 pub(super) const INDEX_TXN_ENTRIES: usize = 32 * 1024;
+/// Entries one transaction of a merge inserts at most. Random hashes spread over the
+/// whole tree: in a tree of a million entries, 8 Ki of them dirty some 6 Ki leaf pages
+/// (24 MiB held until the commit), 32 Ki nearly every page.
+const MERGE_TXN_ENTRIES: usize = 8 * 1024;
 
 /// A position in the packs: pack number and byte offset in it. Every record before it
 /// (in an earlier pack, or earlier in this one) that a flush made durable is in redb.
@@ -87,7 +91,7 @@ impl ObjectIndex {
         if !entries.is_empty() {
             tracing::info!("index: {} records written since the last index merge were indexed from their packs", entries.len());
         }
-        index.write(&entries, &[], Some(after_all))?;
+        index.write(&entries, &[], Some(after_all), MERGE_TXN_ENTRIES)?;
         Ok(index)
     }
 
@@ -142,7 +146,7 @@ impl ObjectIndex {
         // In key order, consecutive inserts land in the same leaf pages: redb copies
         // each page once per transaction and finds it hot.
         snapshot.sort_unstable_by_key(|(h, _)| *h);
-        self.write(&snapshot, &[], upto)?;
+        self.write(&snapshot, &[], upto, MERGE_TXN_ENTRIES)?;
         let mut recent = self.recent.write();
         for (h, loc) in &snapshot {
             if recent.entries.get(h) == Some(loc) {
@@ -157,15 +161,21 @@ impl ObjectIndex {
     /// with merges, so a merge's snapshot never writes back an entry GC just changed.
     pub fn update(&self, insert: &[(Hash, Location)], remove: &[Hash]) -> Result<(), StoreError> {
         let _merging = self.merging.lock();
-        self.write(insert, remove, None)
+        self.write(insert, remove, None, INDEX_TXN_ENTRIES)
     }
 
-    /// Inserts and removes entries in redb, in transactions of at most
-    /// [`INDEX_TXN_ENTRIES`]. The last one also stores `upto`, if given.
-    fn write(&self, insert: &[(Hash, Location)], remove: &[Hash], upto: Option<PackPosition>) -> Result<(), StoreError> {
+    /// Inserts and removes entries in redb, in transactions of at most `txn_entries`
+    /// of each. The last one also stores `upto`, if given.
+    fn write(
+        &self,
+        insert: &[(Hash, Location)],
+        remove: &[Hash],
+        upto: Option<PackPosition>,
+        txn_entries: usize,
+    ) -> Result<(), StoreError> {
         let (mut insert, mut remove) = (insert, remove);
         loop {
-            let (i, r) = (insert.len().min(INDEX_TXN_ENTRIES), remove.len().min(INDEX_TXN_ENTRIES));
+            let (i, r) = (insert.len().min(txn_entries), remove.len().min(txn_entries));
             let last = i == insert.len() && r == remove.len();
             let upto = upto.filter(|_| last);
             if i > 0 || r > 0 || upto.is_some() {

@@ -13,7 +13,10 @@
 //! 30-minute soak is the `auto_gc` test with `PGBRANCH_SOAK_SECS=1800`.
 //! Writes bench/history.{json,md}.
 //!
-//!   scripts/bench-history [--quick] [--scale N] [--objects N]
+//!   scripts/bench-history [--quick] [--scale N] [--objects N] [--only load|gc|objects]
+//!
+//! `--only` runs one part (`gc` runs `load` first, which it needs) and prints its
+//! table without writing bench/history.*.
 
 use std::io::Write;
 use std::time::Instant;
@@ -106,6 +109,11 @@ fn main() {
     let objects = bench_arg("--objects").unwrap_or(if quick { 100_000 } else { 1_100_000 });
     let gc_secs = if quick { 10 } else { 30 };
     let gc_rounds = if quick { 1 } else { 2 };
+    let only = bench_arg::<String>("--only");
+    if let Some(part) = only.as_deref().filter(|p| !["load", "gc", "objects"].contains(p)) {
+        panic!("--only {part}: the parts are load, gc and objects");
+    }
+    let runs = |part: &str| only.as_deref().is_none_or(|o| o == part || (part == "load" && o == "gc"));
     let started = Instant::now();
     let mut rows = Vec::new();
     let mut details = serde_json::Map::new();
@@ -113,91 +121,97 @@ fn main() {
     let store = TestStore::new("bench-history");
 
     // 1. pgbench -i on a branch vs native, interleaved native first.
-    log(&format!("pgbench -i -s {scale}: native, then on a branch"));
-    let native = Native::init("history").unwrap();
-    let native_secs = pgbench_init(native.server(), scale);
-    drop(native);
-    let branch = store.new_cluster("load");
-    let branch_secs = pgbench_init(&branch, scale);
-    let ratio = native_secs / branch_secs;
-    rows.push(json!({"metric": format!("pgbench -i -s {scale} on a branch (time, CHECKPOINT included)"),
+    if runs("load") {
+        log(&format!("pgbench -i -s {scale}: native, then on a branch"));
+        let native = Native::init("history").unwrap();
+        let native_secs = pgbench_init(native.server(), scale);
+        drop(native);
+        let branch = store.new_cluster("load");
+        let branch_secs = pgbench_init(&branch, scale);
+        let ratio = native_secs / branch_secs;
+        rows.push(json!({"metric": format!("pgbench -i -s {scale} on a branch (time, CHECKPOINT included)"),
         "pgbranch": format!("{branch_secs:.1} s"), "baseline": format!("{native_secs:.1} s"),
         "ratio": ratio, "target": "≥ 0.90x", "pass": ratio >= 0.9}));
-    peak_rss(&store, "pgbench -i", &mut marks);
-    drop(branch);
+        peak_rss(&store, "pgbench -i", &mut marks);
+        drop(branch);
+    }
 
     // 2. GC under load on two branches of it.
-    log("GC under load: pgbench on two branches, without and with gc back to back");
-    let mut servers = Vec::new();
-    for name in ["w1", "w2"] {
-        store.ok(&["branch", "create", name, "--from", "load"]);
-        servers.push(store.branch_server(name));
-    }
-    let (mut without, mut with, mut collections) = (Vec::new(), Vec::new(), 0u64);
-    let mut removed = 0u64;
-    for round in 0..gc_rounds {
-        without.push(two_branch_tps(&servers, gc_secs));
-        let stop = std::sync::atomic::AtomicBool::new(false);
-        let got = std::thread::scope(|s| {
-            let collector = s.spawn(|| {
-                let (mut n, mut objects) = (0u64, 0u64);
-                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                    let g = store.json(&["gc"]);
-                    objects += g["objects_removed"].as_u64().unwrap_or(0);
-                    n += 1;
-                }
-                (n, objects)
+    if runs("gc") {
+        log("GC under load: pgbench on two branches, without and with gc back to back");
+        let mut servers = Vec::new();
+        for name in ["w1", "w2"] {
+            store.ok(&["branch", "create", name, "--from", "load"]);
+            servers.push(store.branch_server(name));
+        }
+        let (mut without, mut with, mut collections) = (Vec::new(), Vec::new(), 0u64);
+        let mut removed = 0u64;
+        for round in 0..gc_rounds {
+            without.push(two_branch_tps(&servers, gc_secs));
+            let stop = std::sync::atomic::AtomicBool::new(false);
+            let got = std::thread::scope(|s| {
+                let collector = s.spawn(|| {
+                    let (mut n, mut objects) = (0u64, 0u64);
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        let g = store.json(&["gc"]);
+                        objects += g["objects_removed"].as_u64().unwrap_or(0);
+                        n += 1;
+                    }
+                    (n, objects)
+                });
+                let t = two_branch_tps(&servers, gc_secs);
+                stop.store(true, std::sync::atomic::Ordering::Relaxed);
+                (t, collector.join().unwrap())
             });
-            let t = two_branch_tps(&servers, gc_secs);
-            stop.store(true, std::sync::atomic::Ordering::Relaxed);
-            (t, collector.join().unwrap())
-        });
-        with.push(got.0);
-        collections += got.1 .0;
-        removed += got.1 .1;
-        log(&format!("round {round}: {:.0} tps without gc, {:.0} with", without[round], with[round]));
-    }
-    let ratio = median(with.clone()) / median(without.clone());
-    rows.push(json!({"metric": format!("pgbench tps on two branches while gc runs back to back ({collections} collections, {removed} objects removed)"),
+            with.push(got.0);
+            collections += got.1 .0;
+            removed += got.1 .1;
+            log(&format!("round {round}: {:.0} tps without gc, {:.0} with", without[round], with[round]));
+        }
+        let ratio = median(with.clone()) / median(without.clone());
+        rows.push(json!({"metric": format!("pgbench tps on two branches while gc runs back to back ({collections} collections, {removed} objects removed)"),
         "pgbranch": format!("{:.0} tps", median(with.clone())), "baseline": format!("{:.0} tps", median(without.clone())),
         "ratio": ratio, "target": "≥ 0.90x", "pass": ratio >= 0.9}));
-    details.insert("gc_under_load".into(), json!({"without_tps": without, "with_tps": with, "collections": collections}));
-    peak_rss(&store, "gc under load", &mut marks);
-    drop(servers);
-    for name in ["w1", "w2"] {
-        store.ok(&["branch", "delete", name]);
+        details.insert("gc_under_load".into(), json!({"without_tps": without, "with_tps": with, "collections": collections}));
+        peak_rss(&store, "gc under load", &mut marks);
+        drop(servers);
+        for name in ["w1", "w2"] {
+            store.ok(&["branch", "delete", name]);
+        }
     }
 
     // 3. A million objects: write, snapshot, overwrite half, du, gc.
-    log(&format!("{objects} distinct blocks on branch objs"));
-    store.ok(&["branch", "create", "objs", "--empty"]);
-    let file = store.path("objs").join("blocks");
-    let t = Instant::now();
-    write_distinct_blocks(&file, 0, objects);
-    let write_secs = t.elapsed().as_secs_f64();
-    store.ok(&["snapshot", "create", "objs-before", "--from", "objs"]);
-    write_distinct_blocks(&file, objects, objects / 2);
-    peak_rss(&store, "writing the objects", &mut marks);
-    let t = Instant::now();
-    let du = store.json(&["du"]);
-    let du_secs = t.elapsed().as_secs_f64();
-    peak_rss(&store, "du", &mut marks);
-    store.ok(&["snapshot", "delete", "objs-before"]);
-    let t = Instant::now();
-    let gc = store.json(&["gc"]);
-    let gc_secs = t.elapsed().as_secs_f64();
-    let peak = peak_rss(&store, "gc", &mut marks);
-    let st = store.json(&["status"]);
-    let most_objects = marks.iter().filter_map(|m| m["objects"].as_u64()).max().unwrap_or(0);
-    rows.push(json!({"metric": format!("daemon peak RSS over the whole run ({most_objects} objects at most; du {du_secs:.1} s, gc {gc_secs:.1} s)"),
+    if runs("objects") {
+        log(&format!("{objects} distinct blocks on branch objs"));
+        store.ok(&["branch", "create", "objs", "--empty"]);
+        let file = store.path("objs").join("blocks");
+        let t = Instant::now();
+        write_distinct_blocks(&file, 0, objects);
+        let write_secs = t.elapsed().as_secs_f64();
+        store.ok(&["snapshot", "create", "objs-before", "--from", "objs"]);
+        write_distinct_blocks(&file, objects, objects / 2);
+        peak_rss(&store, "writing the objects", &mut marks);
+        let t = Instant::now();
+        let du = store.json(&["du"]);
+        let du_secs = t.elapsed().as_secs_f64();
+        peak_rss(&store, "du", &mut marks);
+        store.ok(&["snapshot", "delete", "objs-before"]);
+        let t = Instant::now();
+        let gc = store.json(&["gc"]);
+        let gc_secs = t.elapsed().as_secs_f64();
+        let peak = peak_rss(&store, "gc", &mut marks);
+        let st = store.json(&["status"]);
+        let most_objects = marks.iter().filter_map(|m| m["objects"].as_u64()).max().unwrap_or(0);
+        rows.push(json!({"metric": format!("daemon peak RSS over the whole run ({most_objects} objects at most; du {du_secs:.1} s, gc {gc_secs:.1} s)"),
         "pgbranch": format!("{:.1} MiB", mib(peak)), "baseline": "—", "ratio": null, "target": "≤ 200 MiB with ≥ 1M objects",
         "pass": peak <= 200 << 20 && most_objects >= 1_000_000}));
-    rows.push(json!({"metric": format!("writing {objects} distinct blocks through FUSE ({:.1} GiB, 1 MiB writes)", (objects as f64 * BLOCK as f64) / (1u64 << 30) as f64),
+        rows.push(json!({"metric": format!("writing {objects} distinct blocks through FUSE ({:.1} GiB, 1 MiB writes)", (objects as f64 * BLOCK as f64) / (1u64 << 30) as f64),
         "pgbranch": format!("{:.0} MB/s", objects as f64 * BLOCK as f64 / 1e6 / write_secs), "baseline": "—", "ratio": null, "target": "—", "pass": null}));
-    details.insert("rss".into(), json!(marks));
-    details.insert("du".into(), du);
-    details.insert("gc".into(), gc);
-    details.insert("status_at_end".into(), json!({"objects": st["objects"], "physical_bytes": st["physical_bytes"]}));
+        details.insert("rss".into(), json!(marks));
+        details.insert("du".into(), du);
+        details.insert("gc".into(), gc);
+        details.insert("status_at_end".into(), json!({"objects": st["objects"], "physical_bytes": st["physical_bytes"]}));
+    }
 
     let mut md = format!(
         "# pgbranch history benchmark (issue #7)\n\nMode: **{}** · took {:.1} min · 2 CPUs shared\n\n| metric | pgbranch | baseline | ratio | target | result |\n|---|---:|---:|---:|---|---|\n",
@@ -206,7 +220,9 @@ fn main() {
     );
     md.push_str(&bench_table_rows(&rows));
     let report = json!({"rows": rows, "details": details, "quick": quick});
-    write_bench_report("history", &report, &md);
+    if only.is_none() {
+        write_bench_report("history", &report, &md);
+    }
     let mut stdout = std::io::stdout();
     let _ = writeln!(stdout, "{md}");
 }
