@@ -147,6 +147,12 @@ impl Repository {
         Ok(repo)
     }
 
+    /// Prepares a clean stop, after the last commit: every object durable and the
+    /// object index wholly in `index.redb` (see `LocalStore::close_index`).
+    pub fn close(&self) -> Result<(), RepoError> {
+        Ok(self.store.close_index()?)
+    }
+
     /// Removes intent logs no catalog record names (left by a crash inside `reset`,
     /// `add` or `delete`): nothing will ever replay them.
     fn remove_orphan_logs(&self, records: &[BranchRecord]) {

@@ -300,6 +300,9 @@ impl Daemon {
             tracing::info!("unmounted {name}");
             let _ = std::fs::remove_dir(&path);
         }
+        if let Err(e) = self.repo.close() {
+            tracing::warn!("merging the object index at shutdown: {e}; the next start indexes the newest records from their packs");
+        }
         let _ = std::fs::remove_file(self.layout.socket());
     }
 }

@@ -5,8 +5,8 @@
 //!   memory. They need no index write of their own: packs carry each record's hash, so
 //!   after a crash they are found again by scanning the packs from the *indexed-up-to*
 //!   position that the last merge stored in `index.redb` (each record past it verified
-//!   against its hash; the scan of a pack stops at the first that does not verify,
-//!   which is where its durable prefix ends).
+//!   against its hash; one that does not verify — a tail that never became durable,
+//!   or damage — is left out, see [`rescan`]).
 //!
 //! Why: an index transaction per flush inserted a few thousand random hashes into a
 //! tree of millions, copying a leaf page per entry, and was a third of the daemon's
@@ -261,24 +261,28 @@ impl ObjectIndex {
 }
 
 /// Reads every record at or past `from` in packs `from.pack..=last_pack`, verifying
-/// each against its hash, stopping in each pack at the first record that is torn or
-/// does not verify.
+/// each against its hash. A record that does not verify is left out and the scan goes
+/// on past it (its header is within the file): it is either part of a tail that never
+/// became durable (garbage, and whatever follows it verifies or not on its own) or a
+/// durable record damaged since, and the records after it were acknowledged. Indexing
+/// it would make a later put of the same bytes dedup against a record that cannot be
+/// read; left out, that put stores them again. A torn header ends the pack.
 fn rescan(packs_dir: &Path, from: PackPosition, last_pack: u32) -> Result<Vec<(Hash, Location)>, StoreError> {
     let mut out = Vec::new();
     for p in pack::list_packs(packs_dir)?.into_iter().filter(|p| (from.pack..=last_pack).contains(p)) {
         let start = if p == from.pack { from.offset } else { 0 };
-        let mut bad = None;
+        let mut bad = Vec::new();
         pack::scan_from(packs_dir, p, start, &mut |hash, loc, payload| {
-            if block::decode(&hash, payload).is_err() {
-                bad = Some(loc.offset);
-                return false;
+            match block::decode(&hash, payload) {
+                Ok(_) => out.push((hash, loc)),
+                Err(_) => bad.push(loc.offset),
             }
-            out.push((hash, loc));
             true
         })?;
-        if let Some(offset) = bad {
+        if let Some(first) = bad.first() {
             tracing::warn!(
-                "pack {p}: the record at offset {offset} does not match its hash; records from there on were not yet durable when the store last stopped and are left unindexed"
+                "pack {p}: {} records (the first at offset {first}) do not match their hash: not yet durable when the store last stopped, or damaged since; left unindexed (run `pgbranch verify`)",
+                bad.len()
             );
         }
     }
