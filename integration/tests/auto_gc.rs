@@ -23,6 +23,8 @@ struct Sample {
     at: Duration,
     physical: u64,
     rss: u64,
+    /// `index.redb`'s share of `physical`.
+    index: u64,
     collections: u64,
 }
 
@@ -74,6 +76,7 @@ fn a_following_store_with_history_stays_flat_without_manual_gc() {
             at: started.elapsed(),
             physical: st["physical_bytes"].as_u64().unwrap(),
             rss: st["rss_bytes"].as_u64().unwrap(),
+            index: st["space"]["index_bytes"].as_u64().unwrap_or(0),
             collections: n,
         });
     }
@@ -106,7 +109,14 @@ fn a_following_store_with_history_stays_flat_without_manual_gc() {
     }
     report += "samples:\n";
     for s in samples.iter().step_by(5) {
-        report += &format!("{:>4}s {:>6.1} MiB rss {:>5.1} MiB gc#{}\n", s.at.as_secs(), mib(s.physical), mib(s.rss), s.collections);
+        report += &format!(
+            "{:>4}s {:>6.1} MiB (index {:>5.1}) rss {:>5.1} MiB gc#{}\n",
+            s.at.as_secs(),
+            mib(s.physical),
+            mib(s.index),
+            mib(s.rss),
+            s.collections
+        );
     }
     eprintln!("{report}");
 

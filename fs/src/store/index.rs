@@ -39,10 +39,16 @@ pub(super) const MERGE_ENTRIES: usize = 64 * 1024;
 /// Entries inserted and removed by one of GC's index transactions at most: one
 /// transaction holds a private copy of every page it dirties.
 pub(super) const INDEX_TXN_ENTRIES: usize = 32 * 1024;
-/// Entries one transaction of a merge inserts at most. Random hashes spread over the
-/// whole tree: in a tree of a million entries, 8 Ki of them dirty some 6 Ki leaf pages
-/// (24 MiB held until the commit), 32 Ki nearly every page.
-const MERGE_TXN_ENTRIES: usize = 8 * 1024;
+/// Entries one transaction of a merge inserts at most: all of one merge. Random hashes
+/// spread over the whole tree, so a transaction of a few thousand already copies most
+/// leaf pages; while a reader (GC's or `du`'s index scan) holds an older version none
+/// of the pages replaced can be reused, and every transaction grows the file by up to
+/// a copy of the tree. One transaction per merge copies each page once. (A 30-minute
+/// soak with 8 Ki per transaction saw the store jump 110 MiB for moments.)
+const MERGE_TXN_ENTRIES: usize = MERGE_ENTRIES;
+/// Recent entries past which a flush merges even while an index scan runs (see
+/// [`ObjectIndex::merge_due`]).
+const MERGE_ENTRIES_DURING_SCAN: usize = 4 * MERGE_ENTRIES;
 
 /// A position in the packs: pack number and byte offset in it. Every record before it
 /// (in an earlier pack, or earlier in this one) that a flush made durable is in redb.
@@ -66,6 +72,8 @@ pub(super) struct ObjectIndex {
     recent: RwLock<Recent>,
     /// Held by a merge from its snapshot until it has dropped what it wrote.
     merging: Mutex<()>,
+    /// Index scans ([`ObjectIndex::for_each`]) running now.
+    scans: std::sync::atomic::AtomicUsize,
 }
 
 impl ObjectIndex {
@@ -82,7 +90,7 @@ impl ObjectIndex {
             txn.commit()?;
             Ok(upto)
         })?;
-        let index = ObjectIndex { db, recent: RwLock::new(Recent::default()), merging: Mutex::new(()) };
+        let index = ObjectIndex { db, recent: RwLock::new(Recent::default()), merging: Mutex::new(()), scans: Default::default() };
         let after_all = PackPosition { pack: last_pack + 1, offset: 0 };
         let entries = match stored {
             Some((pack, offset)) => rescan(packs_dir, PackPosition { pack, offset }, last_pack)?,
@@ -111,12 +119,20 @@ impl ObjectIndex {
     }
 
     /// Records objects a flush made durable; `synced_upto` is where its fsync reached.
-    /// Returns true once enough are waiting that a merge is due.
+    /// Returns whether a merge is due.
     pub fn add_flushed(&self, entries: impl IntoIterator<Item = (Hash, Location)>, synced_upto: PackPosition) -> bool {
         let mut recent = self.recent.write();
         recent.entries.extend(entries);
         recent.synced_upto = Some(recent.synced_upto.map_or(synced_upto, |p| p.max(synced_upto)));
-        recent.entries.len() >= MERGE_ENTRIES
+        self.merge_due(recent.entries.len())
+    }
+
+    /// A merge is due at [`MERGE_ENTRIES`] recent entries, but waits while an index
+    /// scan holds its read transaction (up to [`MERGE_ENTRIES_DURING_SCAN`]): redb
+    /// cannot reuse the pages a merge replaces while a reader may still need them.
+    fn merge_due(&self, recent: usize) -> bool {
+        let scanning = self.scans.load(std::sync::atomic::Ordering::Relaxed) > 0;
+        recent >= if scanning { MERGE_ENTRIES_DURING_SCAN } else { MERGE_ENTRIES }
     }
 
     /// Number of recent entries (not yet merged into redb).
@@ -210,6 +226,7 @@ impl ObjectIndex {
     /// Every entry in hash order, each hash once: redb's, merged with a sorted snapshot
     /// of the recent entries. Streams redb rather than loading it.
     pub fn for_each(&self, f: &mut dyn FnMut(Hash, Location) -> Result<(), StoreError>) -> Result<(), StoreError> {
+        let _scan = ScanGuard::new(&self.scans);
         let mut recent: Vec<(Hash, Location)> = self.recent.read().entries.iter().map(|(h, l)| (*h, *l)).collect();
         recent.sort_unstable_by_key(|(h, _)| *h);
         let mut recent = recent.into_iter().peekable();
@@ -257,6 +274,22 @@ impl ObjectIndex {
     /// Returns freed pages to the file system (see `Db::compact`).
     pub fn compact(&self) -> Result<bool, StoreError> {
         Ok(self.db.compact()?)
+    }
+}
+
+/// Counts an index scan for as long as it lives.
+struct ScanGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> ScanGuard<'a> {
+    fn new(scans: &'a std::sync::atomic::AtomicUsize) -> ScanGuard<'a> {
+        scans.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ScanGuard(scans)
+    }
+}
+
+impl Drop for ScanGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
