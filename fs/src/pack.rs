@@ -9,6 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use crate::block::Hash;
 use crate::format::pack::{self as wire, PACK_HEADER_LEN};
@@ -56,7 +57,8 @@ pub(crate) fn list_packs(dir: &Path) -> io::Result<Vec<u32>> {
 /// The pack currently being appended to.
 pub(crate) struct ActivePack {
     pub number: u32,
-    file: File,
+    /// Shared with a [`SyncTicket`] while a flush syncs it outside the store's lock.
+    file: Arc<File>,
     len: u64,
     /// A failed append may have left part of a record past `len`, and the file is
     /// opened for appending (pwrite then writes at its end, not at `len`): it must be
@@ -88,7 +90,7 @@ impl ActivePack {
         } else {
             check_header(&file, &path)?;
         }
-        Ok(ActivePack { number, file, len, torn: false, sync_failed: false })
+        Ok(ActivePack { number, file: Arc::new(file), len, torn: false, sync_failed: false })
     }
 
     pub fn len(&self) -> u64 {
@@ -117,18 +119,34 @@ impl ActivePack {
         Ok(loc)
     }
 
-    /// Makes every record appended so far durable. Once a sync has failed, every
-    /// later one fails too (see `sync_failed`).
+    /// Makes every record appended so far durable (the store syncs by ticket, outside
+    /// its lock). Once a sync has failed, every later one fails too (see `sync_failed`).
+    #[cfg(test)]
     pub fn sync(&mut self) -> io::Result<()> {
+        let ticket = self.sync_ticket()?;
+        let synced = ticket.run();
+        self.sync_done(&ticket, &synced);
+        synced
+    }
+
+    /// A sync of every record appended so far that can run without this pack's lock
+    /// (appends go on meanwhile; they are not covered). Refused once a sync has failed.
+    pub fn sync_ticket(&self) -> io::Result<SyncTicket> {
         if self.sync_failed {
             return Err(io::Error::other(format!(
                 "an earlier fsync of pack {} failed; its records are rewritten to a new pack",
                 self.number
             )));
         }
-        let synced = self.file.sync_data();
-        self.sync_failed = synced.is_err();
-        synced
+        Ok(SyncTicket { pack: self.number, file: self.file.clone() })
+    }
+
+    /// Records how a ticket's sync went: a failure marks this pack, if it is still the
+    /// one synced, as never to be synced again.
+    pub fn sync_done(&mut self, ticket: &SyncTicket, result: &io::Result<()>) {
+        if result.is_err() && ticket.pack == self.number {
+            self.sync_failed = true;
+        }
     }
 
     /// True once a sync of this pack has failed: it takes no more records.
@@ -140,6 +158,19 @@ impl ActivePack {
     #[cfg(test)]
     pub fn fail_sync_for_test(&mut self) {
         self.sync_failed = true;
+    }
+}
+
+/// An fdatasync of the active pack taken out of the store's lock (see
+/// [`ActivePack::sync_ticket`]).
+pub(crate) struct SyncTicket {
+    pack: u32,
+    file: Arc<File>,
+}
+
+impl SyncTicket {
+    pub fn run(&self) -> io::Result<()> {
+        self.file.sync_data()
     }
 }
 

@@ -14,7 +14,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, MutexGuard, RwLock};
 
 mod index;
 pub mod mem;
@@ -99,6 +99,10 @@ pub struct LocalStore {
     index_path: PathBuf,
     index: ObjectIndex,
     active: Mutex<ActivePack>,
+    /// Held by a flush from start to end (and by GC's seal up to its rotation): the
+    /// fdatasync runs outside `active`'s lock, so puts go on meanwhile, and flushes
+    /// must still add their entries to the index in pack order.
+    flush_serial: Mutex<()>,
     /// Objects appended since the last flush: visible to readers, not yet indexed. Each
     /// keeps its payload until it is durable, so that after a failed fsync it can be
     /// written again to a new pack (the failed pack's pages may be gone).
@@ -135,6 +139,7 @@ impl LocalStore {
             index_path: dir.join("index.redb"),
             index,
             active: Mutex::new(active),
+            flush_serial: Mutex::new(()),
             pending: RwLock::new(HashMap::new()),
             pending_bytes: std::sync::atomic::AtomicU64::new(0),
             readers: RwLock::new(HashMap::new()),
@@ -180,6 +185,71 @@ impl LocalStore {
     }
 
     /// Starts a new pack in place of one whose fsync failed.
+    /// [`ObjectStore::flush`], for a caller holding `flush_serial`: makes every pending
+    /// object durable, then indexes it. After a failed fsync the pack is replaced and
+    /// the next flush writes the pending objects again, into the new pack, from the
+    /// payloads kept in memory: a retry never trusts a pack whose fsync once failed
+    /// (Linux may have dropped its unwritten pages, and reports that only once).
+    fn flush_serialized(&self, _serial: &MutexGuard<'_, ()>) -> Result<(), StoreError> {
+        let (ticket, entries, synced_upto) = {
+            let mut active = self.active.lock();
+            if self.pending.read().is_empty() {
+                return Ok(());
+            }
+            self.replace_failed_pack(&mut active)?;
+            // Objects put into an earlier pack (one that failed its fsync, or that GC
+            // sealed after the last flush) are written again here: only this pack gets
+            // synced.
+            let number = active.number;
+            let mut pending = self.pending.write();
+            for (h, p) in pending.iter_mut().filter(|(_, p)| p.loc.pack != number) {
+                p.loc = active.append(h, &p.payload)?;
+            }
+            // Every pending object is in this pack before `synced_upto`, and every
+            // record there before it is pending or was flushed already: puts append
+            // under this lock.
+            let entries: Vec<(Hash, Location)> = pending.iter().map(|(h, p)| (*h, p.loc)).collect();
+            (active.sync_ticket()?, entries, PackPosition { pack: number, offset: active.len() })
+        };
+        // Outside the lock: puts go on appending while the disk syncs (what they append
+        // is not covered, and stays pending for the next flush).
+        let synced = ticket.run();
+        let merge_due = {
+            let mut active = self.active.lock();
+            active.sync_done(&ticket, &synced);
+            synced?;
+            // Durable now, and found again by the pack scan on open until merged into
+            // redb. Flushes add in pack order (`flush_serial`), so every record before
+            // `synced_upto` is in these entries or in earlier ones (see `store::index`).
+            let merge_due = self.index.add_flushed(entries.iter().copied(), synced_upto);
+            let mut pending = self.pending.write();
+            for (h, _) in &entries {
+                if let Some(p) = pending.remove(h) {
+                    self.pending_bytes.fetch_sub(p.payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
+                }
+            }
+            drop(pending);
+            if active.len() > PACK_TARGET_BYTES {
+                // Records appended during the sync stay pending: the next flush writes
+                // them again, to the new pack.
+                let next = active.number + 1;
+                *active = ActivePack::open(&self.dir, next)?;
+                std::fs::File::open(&self.dir)?.sync_all()?;
+            }
+            merge_due
+        };
+        // Outside the lock: puts go on while the merge writes redb. The objects are
+        // durable already (a crash finds them in their pack), so a merge that fails
+        // (a full disk under the index) does not fail the flush: the next one retries,
+        // and GC's seal, which needs the merge, reports the error.
+        if merge_due {
+            if let Err(e) = self.index.merge(false) {
+                tracing::warn!("merging {} recent entries into the object index: {e}; retried at the next flush", self.index.recent_len());
+            }
+        }
+        Ok(())
+    }
+
     fn replace_failed_pack(&self, active: &mut ActivePack) -> Result<(), StoreError> {
         if active.sync_failed() {
             let next = active.number + 1;
@@ -235,57 +305,9 @@ impl ObjectStore for LocalStore {
         Ok(())
     }
 
-    /// Makes every pending object durable, then indexes it. After a failed fsync the
-    /// pack is replaced and the next flush writes the pending objects again, into the
-    /// new pack, from the payloads kept in memory: a retry never trusts a pack whose
-    /// fsync once failed (Linux may have dropped its unwritten pages, and reports that
-    /// only once).
     fn flush(&self) -> Result<(), StoreError> {
-        let mut active = self.active.lock();
-        if self.pending.read().is_empty() {
-            return Ok(());
-        }
-        self.replace_failed_pack(&mut active)?;
-        // Objects put into an earlier pack (one that failed its fsync, or that GC sealed
-        // after the last flush) are written again here: only this pack gets synced.
-        let number = active.number;
-        {
-            let mut pending = self.pending.write();
-            for (h, p) in pending.iter_mut().filter(|(_, p)| p.loc.pack != number) {
-                p.loc = active.append(h, &p.payload)?;
-            }
-        }
-        active.sync()?;
-        // Durable now, and found again by the pack scan on open until merged into redb.
-        // Added under the active pack's lock, so that every record before `synced_upto`
-        // is in these entries or in earlier ones (see `store::index`).
-        let synced_upto = PackPosition { pack: number, offset: active.len() };
-        let entries: Vec<(Hash, Location)> = self.pending.read().iter().map(|(h, p)| (*h, p.loc)).collect();
-        let merge_due = self.index.add_flushed(entries.iter().copied(), synced_upto);
-        {
-            let mut pending = self.pending.write();
-            for (h, _) in &entries {
-                if let Some(p) = pending.remove(h) {
-                    self.pending_bytes.fetch_sub(p.payload.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-            }
-        }
-        if active.len() > PACK_TARGET_BYTES {
-            let next = active.number + 1;
-            *active = ActivePack::open(&self.dir, next)?;
-            std::fs::File::open(&self.dir)?.sync_all()?;
-        }
-        drop(active);
-        // Outside the lock: puts go on while the merge writes redb. The objects are
-        // durable already (a crash finds them in their pack), so a merge that fails
-        // (a full disk under the index) does not fail the flush: the next one retries,
-        // and GC's seal, which needs the merge, reports the error.
-        if merge_due {
-            if let Err(e) = self.index.merge(false) {
-                tracing::warn!("merging {} recent entries into the object index: {e}; retried at the next flush", self.index.recent_len());
-            }
-        }
-        Ok(())
+        let serial = self.flush_serial.lock();
+        self.flush_serialized(&serial)
     }
 
     fn stored_size(&self, hash: &Hash) -> Result<Option<u64>, StoreError> {
@@ -338,8 +360,11 @@ impl Drop for LocalStore {
 
 impl GcStore for LocalStore {
     fn seal(&self) -> Result<u32, StoreError> {
-        self.flush()?;
+        // No flush may be syncing the pack being sealed across the rotation: one that
+        // finished after it would add entries naming a sealed pack after the merge below.
         let next = {
+            let serial = self.flush_serial.lock();
+            self.flush_serialized(&serial)?;
             let mut active = self.active.lock();
             let next = active.number + 1;
             *active = ActivePack::open(&self.dir, next)?;
@@ -391,7 +416,12 @@ impl GcStore for LocalStore {
                 moved[i] = (*h, active.append(h, &self.read_payload(*loc)?)?);
             }
         }
-        active.sync()?;
+        let ticket = active.sync_ticket()?;
+        drop(active);
+        // Outside the lock, as a flush syncs: commits' puts are not held up by it.
+        let synced = ticket.run();
+        self.active.lock().sync_done(&ticket, &synced);
+        synced?;
         Ok(moved)
     }
 
@@ -616,5 +646,54 @@ mod tests {
         let store = LocalStore::open(dir.path()).unwrap();
         assert_eq!(store.object_count().unwrap(), index::MERGE_ENTRIES as u64 + 1);
         assert_eq!(store.get(&h2).unwrap(), d2);
+    }
+
+    /// Flushes sync outside the active pack's lock, so puts on other threads go on
+    /// meanwhile; a seal racing them must still leave no recent entry naming a sealed
+    /// pack (GC looks for a sealed pack's entries in redb only), and after a crash every
+    /// flushed object is found.
+    #[test]
+    fn puts_flushes_and_seals_on_several_threads_lose_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::open(dir.path()).unwrap());
+        let writers: Vec<_> = (0..3u32)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for i in 0..400 {
+                        let (h, d) = object(t * 1000 + i);
+                        store.put(&h, &d).unwrap();
+                        if i % 8 == 7 {
+                            store.flush().unwrap();
+                        }
+                    }
+                    store.flush().unwrap();
+                })
+            })
+            .collect();
+        let mut seals = 0;
+        while !writers.iter().all(|w| w.is_finished()) {
+            let next = store.seal().unwrap();
+            seals += 1;
+            if let Some(oldest) = store.index.oldest_recent_pack() {
+                assert!(oldest >= next, "after sealing below pack {next}, a recent entry names pack {oldest}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        for w in writers {
+            w.join().unwrap();
+        }
+        assert!(seals > 1, "the seals ran alongside the writers");
+        let store = Arc::try_unwrap(store).ok().unwrap();
+        crash(store);
+        let store = LocalStore::open(dir.path()).unwrap();
+        for t in 0..3u32 {
+            for i in 0..400 {
+                let (h, d) = object(t * 1000 + i);
+                assert_eq!(store.get(&h).unwrap(), d, "object {i} of writer {t}");
+            }
+        }
+        let distinct: HashSet<Hash> = (0..3u32).flat_map(|t| (0..400).map(move |i| object(t * 1000 + i).0)).collect();
+        assert_eq!(store.object_count().unwrap(), distinct.len() as u64, "each object indexed once");
     }
 }

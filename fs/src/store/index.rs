@@ -135,6 +135,12 @@ impl ObjectIndex {
         recent >= if scanning { MERGE_ENTRIES_DURING_SCAN } else { MERGE_ENTRIES }
     }
 
+    /// The lowest pack a recent entry names.
+    #[cfg(test)]
+    pub fn oldest_recent_pack(&self) -> Option<u32> {
+        self.recent.read().entries.values().map(|l| l.pack).min()
+    }
+
     /// Number of recent entries (not yet merged into redb).
     pub fn recent_len(&self) -> usize {
         self.recent.read().entries.len()
