@@ -184,7 +184,6 @@ impl LocalStore {
         Ok(buf)
     }
 
-    /// Starts a new pack in place of one whose fsync failed.
     /// [`ObjectStore::flush`], for a caller holding `flush_serial`: makes every pending
     /// object durable, then indexes it. After a failed fsync the pack is replaced and
     /// the next flush writes the pending objects again, into the new pack, from the
@@ -250,6 +249,7 @@ impl LocalStore {
         Ok(())
     }
 
+    /// Starts a new pack in place of one whose fsync failed.
     fn replace_failed_pack(&self, active: &mut ActivePack) -> Result<(), StoreError> {
         if active.sync_failed() {
             let next = active.number + 1;
